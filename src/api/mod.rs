@@ -1,0 +1,728 @@
+//! The `TracingPolicy` custom resource (`tracing.caas.io/v1alpha1`).
+//!
+//! Doc comments on these types become the CRD's descriptions, which is what
+//! `kubectl explain tracingpolicy.spec...` prints: keep them written for users.
+//! Validation lives in the schema (ranges, enums, patterns, list-map keys) and in
+//! CEL rules, so the API server rejects bad input at `kubectl apply` time and
+//! names the field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+mod defaults;
+pub use defaults::*;
+
+/// API group of every kind this operator defines.
+pub const GROUP: &str = "tracing.caas.io";
+/// Prefix of the annotations and labels the operator puts on objects it touches.
+pub const ANNOTATION_PREFIX: &str = "tracing.caas.io/";
+/// Annotation naming the policy that owns a workload's tracing settings.
+pub const POLICY_ANNOTATION: &str = "tracing.caas.io/policy";
+/// Annotation with the hash of the tracing settings applied to a workload.
+pub const CONFIG_HASH_ANNOTATION: &str = "tracing.caas.io/config-hash";
+/// Server-side apply field manager, and the finalizer's prefix.
+pub const FIELD_MANAGER: &str = "tracing-operator";
+/// Finalizer that lets the operator remove what it added before a policy goes away.
+pub const FINALIZER: &str = "tracing.caas.io/cleanup";
+
+/// A TracingPolicy rolls OpenTelemetry tracing out to every selected Deployment,
+/// StatefulSet and DaemonSet across namespaces: it sets the OpenTelemetry SDK
+/// environment (service name, resource attributes, exporter endpoint, propagators,
+/// sampler) on their pod templates, deploys the OpenTelemetry Collector that does
+/// tail sampling, and removes exactly what it added when deleted.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tracing.caas.io",
+    version = "v1alpha1",
+    kind = "TracingPolicy",
+    plural = "tracingpolicies",
+    shortname = "tp",
+    category = "tracing",
+    status = "TracingPolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Workloads","type":"string","description":"Workloads up to date / selected","jsonPath":".status.workloads.summary"}"#,
+    printcolumn = r#"{"name":"Sampling","type":"string","description":"Default head-sampling ratio","jsonPath":".status.sampling"}"#,
+    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backends"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter) of at most 48 characters: it names the policy's collector objects"),
+)]
+#[x_kube(validation = Rule::new("!has(self.sampling.tail) || self.collector.enabled").message("sampling.tail needs collector.enabled: tail sampling runs in the collector").field_path(".sampling.tail"))]
+#[x_kube(validation = Rule::new("self.collector.enabled || size(self.backends) == 1").message("with collector.enabled false, workloads export straight to a single backend: list exactly one").field_path(".backends"))]
+#[x_kube(validation = Rule::new("self.collector.enabled || self.backends.all(b, !has(b.headersSecretRef) && (!has(b.tls) || !has(b.tls.caSecretRef)))").message("with collector.enabled false, backends cannot use headersSecretRef or tls.caSecretRef: only the collector reads Secrets").field_path(".backends"))]
+#[serde(rename_all = "camelCase")]
+pub struct TracingPolicySpec {
+    /// Which namespaces, workloads, kinds and containers get tracing.
+    #[serde(default)]
+    pub selector: PolicySelector,
+
+    /// When several policies select the same workload, the highest priority wins,
+    /// then the oldest policy, then the name. The losers report `Conflicted`.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+
+    /// `Enforce` writes the settings into workloads. `DryRun` computes the plan and
+    /// reports it in status without writing anything to workloads.
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// Resource attributes that describe the services.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Trace-context propagators, in order (`OTEL_PROPAGATORS`). `none` must stand alone.
+    #[serde(default = "default_propagators")]
+    #[x_kube(validation = Rule::new("!('none' in self) || size(self) == 1").message("propagator none cannot be combined with others"))]
+    #[schemars(length(min = 1, max = 8))]
+    pub propagators: Vec<Propagator>,
+
+    /// Head sampling in the SDKs and tail sampling in the collector.
+    #[serde(default)]
+    pub sampling: SamplingSpec,
+
+    /// The OpenTelemetry Collector the operator deploys between workloads and backends.
+    #[serde(default)]
+    pub collector: CollectorSpec,
+
+    /// Where traces go. At least one; names are unique.
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub backends: Vec<Backend>,
+
+    /// Extra variables for applications that read their own names. Values may use
+    /// `{service.name}`, `{service.version}`, `{service.namespace}` and
+    /// `{deployment.environment.name}`.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvTemplate>,
+
+    /// How changes reach running pods.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+/// Selection of the workloads a policy applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySelector {
+    /// Namespaces whose labels match. Omitted: every namespace that is not excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<LabelSelector>,
+
+    /// Workloads whose own labels (`metadata.labels`) match. Omitted: every workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<LabelSelector>,
+
+    /// Workload kinds to instrument. Default: Deployment, StatefulSet and DaemonSet.
+    #[serde(default = "default_kinds")]
+    #[schemars(length(min = 1, max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub kinds: Vec<WorkloadKind>,
+
+    /// Namespaces never instrumented, in addition to kube-system, kube-public,
+    /// kube-node-lease and the operator's own namespace.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub exclude_namespaces: Vec<DnsLabel>,
+
+    /// Names of the containers to instrument. Empty: every container except known
+    /// proxies (istio-proxy, linkerd-proxy). Init containers are never instrumented.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub containers: Vec<DnsLabel>,
+}
+
+/// A Kubernetes name that must be a DNS-1123 label.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct DnsLabel(
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub String,
+);
+
+impl DnsLabel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for DnsLabel {
+    fn from(s: &str) -> Self {
+        DnsLabel(s.to_string())
+    }
+}
+
+/// Workload kinds the operator can instrument.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 3] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+
+    /// The `k8s.<kind>.name` resource attribute key of the OpenTelemetry semantic conventions.
+    pub fn semconv_name_key(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "k8s.deployment.name",
+            WorkloadKind::StatefulSet => "k8s.statefulset.name",
+            WorkloadKind::DaemonSet => "k8s.daemonset.name",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the policy writes to workloads.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Mode {
+    /// Write the settings into the selected workloads.
+    #[default]
+    Enforce,
+    /// Compute and report the plan; write nothing to workloads.
+    DryRun,
+}
+
+/// Resource attributes describing the services.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `deployment.environment.name`, for example `production`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub environment: Option<String>,
+
+    /// Extra resource attributes added to every service, for example `team: platform`.
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9_.-]+$') && k.size() <= 128)").message("resource attribute keys use only letters, digits, '_', '.' and '-', at most 128 characters"))]
+    pub resource_attributes: BTreeMap<String, String>,
+
+    /// Resource attributes taken from each workload's namespace labels: the key is the
+    /// attribute, the value the label name. A namespace without the label adds nothing.
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 16))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9_.-]+$') && k.size() <= 128)").message("resource attribute keys use only letters, digits, '_', '.' and '-', at most 128 characters"))]
+    pub attributes_from_namespace_labels: BTreeMap<String, String>,
+}
+
+/// Trace-context propagators understood by the OpenTelemetry SDKs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagator {
+    Tracecontext,
+    Baggage,
+    B3,
+    B3multi,
+    Jaeger,
+    Xray,
+    Ottrace,
+    None,
+}
+
+impl Propagator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Propagator::Tracecontext => "tracecontext",
+            Propagator::Baggage => "baggage",
+            Propagator::B3 => "b3",
+            Propagator::B3multi => "b3multi",
+            Propagator::Jaeger => "jaeger",
+            Propagator::Xray => "xray",
+            Propagator::Ottrace => "ottrace",
+            Propagator::None => "none",
+        }
+    }
+}
+
+/// Head sampling (in each application's SDK) and tail sampling (in the collector).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplingSpec {
+    /// Share of new traces an application starts sampling, 0 to 1.
+    #[serde(default = "default_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: f64,
+
+    /// Follow the caller's sampling decision when there is one
+    /// (`parentbased_traceidratio`); false uses `traceidratio`.
+    #[serde(default = "default_true")]
+    pub parent_based: bool,
+
+    /// Per-service head-sampling ratios; a service is matched by its `service.name`.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub services: Vec<ServiceSampling>,
+
+    /// Tail sampling, evaluated in the collector once a trace is complete. Changing
+    /// it restarts collector pods, never application pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<TailSampling>,
+}
+
+impl Default for SamplingSpec {
+    fn default() -> Self {
+        SamplingSpec {
+            ratio: default_ratio(),
+            parent_based: true,
+            services: Vec::new(),
+            tail: None,
+        }
+    }
+}
+
+/// A head-sampling ratio for one service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct ServiceSampling {
+    /// The service's `service.name`.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Share of this service's new traces that are sampled, 0 to 1.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: f64,
+}
+
+/// Tail-sampling rules run by the collector. A trace is kept when any rule keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.keepErrors || has(self.slowerThan) || has(self.ratio)").message("tail needs at least one rule: keepErrors, slowerThan or ratio"))]
+pub struct TailSampling {
+    /// Keep every trace that has a span with status ERROR.
+    #[serde(default = "default_true")]
+    pub keep_errors: bool,
+
+    /// Keep every trace longer than this duration, for example `500ms` or `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slower_than: Option<Duration>,
+
+    /// Share of the remaining traces kept, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: Option<f64>,
+}
+
+/// A duration in Go notation: a sequence of numbers with units ns, us, ms, s, m, h,
+/// for example `500ms`, `10m` or `1h30m`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct Duration(
+    #[schemars(
+        length(min = 2, max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub String,
+);
+
+impl Duration {
+    /// Parses the Go-style duration. The schema pattern already guarantees the form.
+    pub fn to_std(&self) -> Result<std::time::Duration, String> {
+        parse_go_duration(&self.0)
+    }
+}
+
+/// Where and how the collector runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Deploy a collector. False: workloads export straight to the single backend,
+    /// and tail sampling is not available.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// `Central`: one collector in `namespace`. `PerNamespace`: one in each selected namespace.
+    #[serde(default)]
+    pub placement: Placement,
+
+    /// Namespace of the central collector. Default: the operator's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<DnsLabel>,
+
+    /// Collector replicas.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+
+    /// Collector image. Default: a pinned otel/opentelemetry-collector-contrib release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub image: Option<String>,
+
+    /// Compute resources of the collector container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for CollectorSpec {
+    fn default() -> Self {
+        CollectorSpec {
+            enabled: true,
+            placement: Placement::default(),
+            namespace: None,
+            replicas: default_replicas(),
+            image: None,
+            resources: None,
+        }
+    }
+}
+
+/// Collector placement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Placement {
+    /// One collector in `collector.namespace`.
+    #[default]
+    Central,
+    /// One collector in each selected namespace.
+    PerNamespace,
+}
+
+/// A trace backend. Jaeger and Tempo both take OTLP.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// Name of the backend, unique in the policy.
+    pub name: DnsLabel,
+
+    /// `jaeger`, `tempo` or `otlp`.
+    #[serde(rename = "type")]
+    pub kind: BackendType,
+
+    /// OTLP endpoint, for example `http://jaeger-collector.observability.svc:4317`.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("endpoint must be an http:// or https:// URL with a host, for example http://jaeger-collector.observability.svc:4317"))]
+    pub endpoint: String,
+
+    /// OTLP transport: `grpc` or `http` (protobuf over HTTP).
+    #[serde(default)]
+    pub protocol: Protocol,
+
+    /// TLS towards the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// A Secret in the collector's namespace whose keys become request headers
+    /// (for example an API key). Its values are never written into a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<SecretRef>,
+}
+
+/// Kind of trace backend.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendType {
+    Jaeger,
+    Tempo,
+    Otlp,
+}
+
+/// OTLP transport.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn otel_env_value(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http/protobuf",
+        }
+    }
+}
+
+/// TLS settings towards a backend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.insecure && has(self.caSecretRef))").message("tls.insecure and tls.caSecretRef exclude each other"))]
+pub struct TlsSpec {
+    /// Send without TLS (plain text).
+    #[serde(default)]
+    pub insecure: bool,
+    /// A CA certificate in a Secret in the collector's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the collector's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret in the collector's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct SecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An extra environment variable set on every instrumented container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("!self.name.startsWith('OTEL_') && !self.name.startsWith('TRACING_OPERATOR_')").message("env names starting with OTEL_ or TRACING_OPERATOR_ are set by the operator itself").field_path(".name"))]
+pub struct EnvTemplate {
+    /// Variable name.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    )]
+    pub name: String,
+    /// Value; `{service.name}`, `{service.version}`, `{service.namespace}` and
+    /// `{deployment.environment.name}` are replaced per service.
+    #[schemars(length(max = 1024))]
+    pub value: String,
+}
+
+/// How changes reach running pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// `Progressive`: a few workloads at a time, each waiting until healthy.
+    /// `Immediate`: every workload at once.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+
+    /// Workloads rolling out at once, at least 1.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent: i32,
+
+    /// A workload not rolled out and available by then has failed, for example `10m`.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+
+    /// What to do with a workload that failed: `Rollback` removes this policy's
+    /// settings from it, `Pause` starts no new workload until the policy changes,
+    /// `Continue` goes on.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            strategy: RolloutStrategy::default(),
+            max_concurrent: default_max_concurrent(),
+            progress_deadline: default_progress_deadline(),
+            on_failure: OnFailure::default(),
+        }
+    }
+}
+
+/// Rollout pacing.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RolloutStrategy {
+    #[default]
+    Progressive,
+    Immediate,
+}
+
+/// What happens to a workload whose rollout failed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OnFailure {
+    #[default]
+    Rollback,
+    Pause,
+    Continue,
+}
+
+/// What the operator observed and did. Conditions are standard `metav1.Condition`s,
+/// so `kubectl wait --for=condition=Ready` and kstatus-based tools work.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing`, `Degraded` and `Conflicted`.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Workload counts.
+    #[serde(default)]
+    pub workloads: WorkloadCounts,
+
+    /// Workloads that failed, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<WorkloadIssue>,
+
+    /// Variables a workload sets itself and the operator therefore left alone, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_overrides: Vec<UserOverride>,
+
+    /// Workloads selected by this policy but owned by another, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<WorkloadIssue>,
+
+    /// The collector workloads send to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorStatus>,
+
+    /// Default head-sampling ratio and tail rules, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<String>,
+
+    /// Backend names, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<String>,
+
+    /// In DryRun: what Enforce would change, at most 50 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlannedChange>,
+}
+
+/// Workload counts of a policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCounts {
+    /// Workloads this policy selects and owns.
+    pub selected: i32,
+    /// Workloads whose pod template carries the current settings and has rolled out.
+    pub up_to_date: i32,
+    /// Workloads whose new template is rolling out.
+    pub rolling_out: i32,
+    /// Workloads that failed to take the settings.
+    pub failed: i32,
+    /// Workloads selected but owned by a policy that wins precedence.
+    pub conflicted: i32,
+    /// Variables kept because the workload sets them itself.
+    pub user_overrides: i32,
+    /// `upToDate/selected`, for `kubectl get`.
+    #[serde(default)]
+    pub summary: String,
+}
+
+/// A workload that needs attention.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct WorkloadIssue {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// A CamelCase reason, for example `ProgressDeadlineExceeded` or `ApplyRejected`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// A variable a workload sets itself, kept instead of the policy's value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct UserOverride {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub container: String,
+    pub variable: String,
+}
+
+/// The collector as workloads see it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorStatus {
+    /// OTLP endpoint the workloads export to.
+    pub endpoint: String,
+    /// Ready collector replicas (summed over namespaces with PerNamespace).
+    pub ready_replicas: i32,
+}
+
+/// One change DryRun would make.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct PlannedChange {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// `Apply` (set or update the settings) or `Remove`.
+    pub action: String,
+    /// Variables per container, as `container: NAME=..., NAME=...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+}
+
+/// The CRD as YAML, exactly what `tracing-operator crd` prints and `crds/` holds.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    serde_saphyr::to_string(&TracingPolicy::crd())
+}
+
+/// Parses a Go-style duration such as `500ms`, `10m` or `1h30m`.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!(
+            "invalid duration {s:?}: use numbers with units ns, us, ms, s, m, h, for example 500ms or 10m"
+        )
+    };
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = &rest[unit_len..];
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,8 @@
+//! tracing-operator: rolls OpenTelemetry tracing out across a Kubernetes cluster
+//! from one `TracingPolicy`.
+//!
+//! The data path is watch -> snapshot -> [`plan`] (pure) -> apply -> status.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod plan;
