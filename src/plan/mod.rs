@@ -225,3 +225,180 @@ pub fn export_target(
         }
     }
 }
+
+/// Plans one policy against a snapshot; see [`plan_policy_with`].
+pub fn plan_policy(policy: &PolicyView, snapshot: &Snapshot<'_>) -> Result<PolicyPlan, PlanError> {
+    let ownership = precedence::Ownership::new(
+        snapshot.policies,
+        snapshot.namespaces,
+        snapshot.operator_namespace,
+    );
+    plan_policy_with(policy, snapshot, &ownership)
+}
+
+/// Plans one policy, with the ownership index built once for the snapshot (a
+/// controller planning several policies against one snapshot can share it).
+///
+/// Per workload, sorted by [`WorkloadId`]:
+/// - selected, and no Enforce policy with higher precedence selects it:
+///   `Apply` (in DryRun: what Enforce would apply);
+/// - selected, but such a policy does: `Conflicted { winner }`;
+/// - not selected but carrying this policy's annotation: `Remove`, unless another
+///   Enforce policy owns it now. Then nothing is planned for it here: the winner's
+///   apply replaces these settings in one write (all applies share one field
+///   manager, so a `Remove` from this policy would also strip the winner's
+///   entries if it landed after the winner's apply);
+/// - a selected workload carrying this policy's annotation that another policy
+///   now wins is `Conflicted` (not `Remove`), for the same reason;
+/// - anything else: no decision.
+///
+/// A policy being deleted plans `Remove` for every workload carrying its
+/// annotation, even one another policy now owns: the finalizer must leave no
+/// setting of a deleted policy behind, and the winner re-applies on its next
+/// reconcile. Its selector is not even compiled, so an invalid selector never
+/// blocks a deletion.
+///
+/// `selected_namespaces` are the namespaces the selector matches (empty while
+/// deleting); `unmatched_service_overrides` are the `sampling.services[]` names,
+/// in spec order, that no `Apply` decision's service name equals.
+pub fn plan_policy_with(
+    policy: &PolicyView,
+    snapshot: &Snapshot<'_>,
+    ownership: &precedence::Ownership<'_>,
+) -> Result<PolicyPlan, PlanError> {
+    let carries_ours =
+        |w: &WorkloadView| w.annotations.get(crate::api::POLICY_ANNOTATION) == Some(&policy.name);
+    let mut workloads = Vec::new();
+
+    if policy.deleting {
+        workloads.extend(
+            snapshot
+                .workloads
+                .iter()
+                .filter(|w| carries_ours(w))
+                .map(|w| WorkloadDecision {
+                    id: w.id.clone(),
+                    action: WorkloadAction::Remove,
+                }),
+        );
+        workloads.sort_by(|a, b| a.id.cmp(&b.id));
+        return Ok(PolicyPlan {
+            workloads,
+            selected_namespaces: Vec::new(),
+            unmatched_service_overrides: Vec::new(),
+        });
+    }
+
+    let selection = selection::Selection::new(&policy.spec, snapshot.operator_namespace)?;
+    let selected = selection.selected_namespaces(snapshot.namespaces);
+    let mut services = BTreeSet::new();
+    for w in snapshot.workloads {
+        let action = if selection.selects_workload(w, &selected) {
+            match ownership.beaten_by(policy, w) {
+                Some(winner) => WorkloadAction::Conflicted {
+                    winner: winner.name.clone(),
+                },
+                None => {
+                    let plan = env::plan_workload(
+                        policy,
+                        snapshot.operator_namespace,
+                        snapshot.namespaces.get(&w.id.namespace),
+                        w,
+                        selection.containers(w),
+                    );
+                    services.insert(plan.service_name.clone());
+                    WorkloadAction::Apply(plan)
+                }
+            }
+        } else if carries_ours(w) && ownership.owner_other_than(&policy.name, w).is_none() {
+            WorkloadAction::Remove
+        } else {
+            continue;
+        };
+        workloads.push(WorkloadDecision {
+            id: w.id.clone(),
+            action,
+        });
+    }
+    workloads.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut unmatched_service_overrides: Vec<String> = Vec::new();
+    for s in &policy.spec.sampling.services {
+        if !services.contains(&s.name) && !unmatched_service_overrides.contains(&s.name) {
+            unmatched_service_overrides.push(s.name.clone());
+        }
+    }
+    Ok(PolicyPlan {
+        workloads,
+        selected_namespaces: selected.into_iter().map(str::to_string).collect(),
+        unmatched_service_overrides,
+    })
+}
+
+/// An env entry as the API server stores it: an empty `value` is dropped
+/// (`omitempty`) and `fieldRef.apiVersion` defaults to `v1`.
+fn stored_form(
+    e: &EnvVar,
+) -> (
+    Option<&str>,
+    Option<k8s_openapi::api::core::v1::EnvVarSource>,
+) {
+    let value = e.value.as_deref().filter(|v| !v.is_empty());
+    let from = e.value_from.clone().map(|mut from| {
+        if let Some(f) = from.field_ref.as_mut() {
+            f.api_version.get_or_insert_with(|| "v1".to_string());
+        }
+        from
+    });
+    (value, from)
+}
+
+/// The live workload carries exactly `plan` from `policy_name`: both annotations
+/// match, every planned entry is in its container, owned by the operator and equal
+/// in its stored form, and the operator owns no other entry in any container.
+/// Entries the user owns are ignored. The controller writes nothing when this
+/// holds, so a converged cluster sees zero writes.
+pub fn is_applied(policy_name: &str, plan: &WorkloadPlan, live: &WorkloadView) -> bool {
+    let annotation = |key: &str| live.annotations.get(key).map(String::as_str);
+    if annotation(crate::api::POLICY_ANNOTATION) != Some(policy_name)
+        || annotation(crate::api::CONFIG_HASH_ANNOTATION) != Some(plan.config_hash.as_str())
+    {
+        return false;
+    }
+    let planned_complete = plan.containers.iter().all(|planned| {
+        live.containers
+            .iter()
+            .find(|c| c.name == planned.name)
+            .is_some_and(|c| {
+                planned.env.iter().all(|want| {
+                    c.operator_owned_env.contains(&want.name)
+                        && c.env
+                            .iter()
+                            .find(|have| have.name == want.name)
+                            .is_some_and(|have| stored_form(have) == stored_form(want))
+                })
+            })
+    });
+    let nothing_stale = live.containers.iter().all(|c| {
+        let planned = plan.containers.iter().find(|p| p.name == c.name);
+        c.operator_owned_env
+            .iter()
+            .all(|owned| planned.is_some_and(|p| p.env.iter().any(|e| &e.name == owned)))
+    });
+    planned_complete && nothing_stale
+}
+
+/// No operator-owned env entry in any container and neither operator annotation:
+/// nothing left to remove.
+pub fn is_clean(live: &WorkloadView) -> bool {
+    live.containers
+        .iter()
+        .all(|c| c.operator_owned_env.is_empty())
+        && !live.annotations.contains_key(crate::api::POLICY_ANNOTATION)
+        && !live
+            .annotations
+            .contains_key(crate::api::CONFIG_HASH_ANNOTATION)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,353 @@
-//! See the module list in `plan/mod.rs`.
+//! Which namespaces, workloads and containers a policy selects.
+//!
+//! Label selectors are compiled once per policy (not once per workload) and
+//! validated the way the API server validates them, so a selector the API server
+//! would reject for a built-in object (`In` without values, `Exists` with values,
+//! an unknown operator) is reported as [`PlanError::InvalidSelector`] naming the
+//! field instead of silently matching everything or nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::{ContainerView, NamespaceView, PlanError, WorkloadView};
+use crate::api::{
+    ALWAYS_EXCLUDED_NAMESPACES, KNOWN_PROXY_CONTAINERS, PolicySelector, TracingPolicySpec,
+    WorkloadKind,
+};
+
+/// One requirement of a label selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    In(String, BTreeSet<String>),
+    NotIn(String, BTreeSet<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl Requirement {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
+            // As in Kubernetes: a missing key satisfies NotIn.
+            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
+            Requirement::Exists(key) => labels.contains_key(key),
+            Requirement::DoesNotExist(key) => !labels.contains_key(key),
+        }
+    }
+}
+
+/// A validated `metav1.LabelSelector`. The empty selector matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelMatcher {
+    requirements: Vec<Requirement>,
+}
+
+impl LabelMatcher {
+    /// Validates `selector`; `field` names it in errors (`namespaces`, `workloads`).
+    pub fn compile(field: &'static str, selector: &LabelSelector) -> Result<Self, PlanError> {
+        let invalid = |message: String| PlanError::InvalidSelector { field, message };
+        let mut requirements = Vec::new();
+        for (key, value) in selector.match_labels.iter().flatten() {
+            if key.is_empty() {
+                return Err(invalid("matchLabels: a key must not be empty".into()));
+            }
+            requirements.push(Requirement::In(
+                key.clone(),
+                BTreeSet::from([value.clone()]),
+            ));
+        }
+        for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
+            let at = format!("matchExpressions[{i}]");
+            if expr.key.is_empty() {
+                return Err(invalid(format!("{at}.key must not be empty")));
+            }
+            let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
+            let key = expr.key.clone();
+            let requirement = match expr.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(invalid(format!(
+                        "{at}.values must not be empty for operator {}",
+                        expr.operator
+                    )));
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(invalid(format!(
+                        "{at}.values must be empty for operator {}",
+                        expr.operator
+                    )));
+                }
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(invalid(format!(
+                        "{at}.operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                    )));
+                }
+            };
+            requirements.push(requirement);
+        }
+        Ok(LabelMatcher { requirements })
+    }
+
+    /// All requirements hold (logical AND, as in Kubernetes).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| r.matches(labels))
+    }
+}
+
+/// A policy's `spec.selector`, compiled once and then evaluated per namespace,
+/// workload and container.
+#[derive(Clone, Debug)]
+pub struct Selection<'a> {
+    operator_namespace: &'a str,
+    exclude: &'a PolicySelector,
+    namespaces: Option<LabelMatcher>,
+    workloads: Option<LabelMatcher>,
+    kinds: BTreeSet<WorkloadKind>,
+}
+
+impl<'a> Selection<'a> {
+    /// Compiles the selector; the only error is an invalid label selector.
+    pub fn new(
+        spec: &'a TracingPolicySpec,
+        operator_namespace: &'a str,
+    ) -> Result<Self, PlanError> {
+        let sel = &spec.selector;
+        let namespaces = sel
+            .namespaces
+            .as_ref()
+            .map(|s| LabelMatcher::compile("namespaces", s))
+            .transpose()?;
+        let workloads = sel
+            .workloads
+            .as_ref()
+            .map(|s| LabelMatcher::compile("workloads", s))
+            .transpose()?;
+        Ok(Selection {
+            operator_namespace,
+            exclude: sel,
+            namespaces,
+            workloads,
+            // The schema requires at least one kind; an empty list only comes from
+            // `PolicySelector::default()` (selector omitted), which means the default.
+            kinds: if sel.kinds.is_empty() {
+                WorkloadKind::ALL.into_iter().collect()
+            } else {
+                sel.kinds.iter().copied().collect()
+            },
+        })
+    }
+
+    /// Never instrumented, whatever the selector says: the Kubernetes system
+    /// namespaces, the operator's own namespace and `selector.excludeNamespaces`.
+    pub fn is_excluded(&self, namespace: &str) -> bool {
+        ALWAYS_EXCLUDED_NAMESPACES.contains(&namespace)
+            || namespace == self.operator_namespace
+            || self
+                .exclude
+                .exclude_namespaces
+                .iter()
+                .any(|n| n.as_str() == namespace)
+    }
+
+    /// Not excluded, and its labels match `selector.namespaces` (absent: every namespace).
+    pub fn selects_namespace(&self, namespace: &NamespaceView) -> bool {
+        !self.is_excluded(&namespace.name)
+            && self
+                .namespaces
+                .as_ref()
+                .is_none_or(|m| m.matches(&namespace.labels))
+    }
+
+    /// The selected namespaces of `namespaces`, computed once per plan so that
+    /// workload selection is a set lookup.
+    pub fn selected_namespaces<'n>(
+        &self,
+        namespaces: &'n BTreeMap<String, NamespaceView>,
+    ) -> BTreeSet<&'n str> {
+        namespaces
+            .values()
+            .filter(|ns| self.selects_namespace(ns))
+            .map(|ns| ns.name.as_str())
+            .collect()
+    }
+
+    /// The workload's kind is listed, its namespace is in `selected_namespaces`
+    /// (a namespace missing from the snapshot is not selected), and its own
+    /// `metadata.labels` match `selector.workloads` (absent: every workload).
+    pub fn selects_workload(
+        &self,
+        workload: &WorkloadView,
+        selected_namespaces: &BTreeSet<&str>,
+    ) -> bool {
+        self.kinds.contains(&workload.id.kind)
+            && selected_namespaces.contains(workload.id.namespace.as_str())
+            && self
+                .workloads
+                .as_ref()
+                .is_none_or(|m| m.matches(&workload.labels))
+    }
+
+    /// The containers to instrument, in pod order: only the names in
+    /// `selector.containers` when it is non-empty, otherwise every container
+    /// except the known sidecar proxies.
+    pub fn containers<'w>(
+        &self,
+        workload: &'w WorkloadView,
+    ) -> impl Iterator<Item = &'w ContainerView> + use<'w, 'a> {
+        let only = &self.exclude.containers;
+        workload.containers.iter().filter(move |c| {
+            if only.is_empty() {
+                !KNOWN_PROXY_CONTAINERS.contains(&c.name.as_str())
+            } else {
+                only.iter().any(|n| n.as_str() == c.name)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: Option<&[&str]>) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: values.map(|v| v.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let selector = LabelSelector {
+            match_labels: Some(labels(&[("tier", "api")])),
+            match_expressions: Some(vec![
+                expr("app.kubernetes.io/part-of", "In", Some(&["caas", "edge"])),
+                expr("canary", "NotIn", Some(&["true"])),
+                expr("team", "Exists", None),
+                expr("legacy", "DoesNotExist", Some(&[])),
+            ]),
+        };
+        let m = LabelMatcher::compile("workloads", &selector).unwrap();
+        let base = [
+            ("tier", "api"),
+            ("app.kubernetes.io/part-of", "caas"),
+            ("team", "a"),
+        ];
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&base, true),
+            (
+                &[
+                    ("tier", "api"),
+                    ("app.kubernetes.io/part-of", "edge"),
+                    ("team", "a"),
+                    ("canary", "false"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("tier", "web"),
+                    ("app.kubernetes.io/part-of", "caas"),
+                    ("team", "a"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("tier", "api"),
+                    ("app.kubernetes.io/part-of", "other"),
+                    ("team", "a"),
+                ],
+                false,
+            ),
+            (&[("tier", "api"), ("team", "a")], false),
+            (
+                &[
+                    ("tier", "api"),
+                    ("app.kubernetes.io/part-of", "caas"),
+                    ("team", "a"),
+                    ("canary", "true"),
+                ],
+                false,
+            ),
+            (
+                &[("tier", "api"), ("app.kubernetes.io/part-of", "caas")],
+                false,
+            ),
+            (
+                &[
+                    ("tier", "api"),
+                    ("app.kubernetes.io/part-of", "caas"),
+                    ("team", "a"),
+                    ("legacy", ""),
+                ],
+                false,
+            ),
+        ];
+        for (i, (l, want)) in cases.iter().enumerate() {
+            assert_eq!(m.matches(&labels(l)), *want, "case {i}: {l:?}");
+        }
+        assert!(
+            LabelMatcher::compile("namespaces", &LabelSelector::default())
+                .unwrap()
+                .matches(&labels(&[]))
+        );
+    }
+
+    #[test]
+    fn invalid_selectors_name_the_field() {
+        let cases = [
+            (
+                expr("a", "In", None),
+                "matchExpressions[0].values must not be empty for operator In",
+            ),
+            (
+                expr("a", "NotIn", Some(&[])),
+                "matchExpressions[0].values must not be empty for operator NotIn",
+            ),
+            (
+                expr("a", "Exists", Some(&["x"])),
+                "matchExpressions[0].values must be empty for operator Exists",
+            ),
+            (
+                expr("a", "Equals", Some(&["x"])),
+                "matchExpressions[0].operator \"Equals\" is not one of In, NotIn, Exists, DoesNotExist",
+            ),
+            (
+                expr("", "Exists", None),
+                "matchExpressions[0].key must not be empty",
+            ),
+        ];
+        for (requirement, message) in cases {
+            let selector = LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![requirement]),
+            };
+            let err = LabelMatcher::compile("namespaces", &selector).unwrap_err();
+            assert_eq!(
+                err,
+                PlanError::InvalidSelector {
+                    field: "namespaces",
+                    message: message.into()
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("spec.selector.namespaces: {message}")
+            );
+        }
+    }
+}

@@ -1,0 +1,1248 @@
+//! Value tests of the planning core: policies, namespaces and workloads in,
+//! decisions and env out. The CAAS platform of the contract is the fixture.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::api::{CONFIG_HASH_ANNOTATION, POLICY_ANNOTATION, WorkloadKind};
+
+const OPERATOR_NS: &str = "tracing-system";
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A policy from a spec written as JSON on top of a minimal valid one.
+fn policy_with(name: &str, created_unix: i64, spec: Value) -> PolicyView {
+    let mut base = json!({
+        "backends": [{"name": "jaeger", "type": "jaeger",
+                      "endpoint": "http://jaeger-collector.observability.svc:4317"}],
+    });
+    if let (Some(b), Some(s)) = (base.as_object_mut(), spec.as_object()) {
+        b.extend(s.clone());
+    }
+    PolicyView {
+        name: name.into(),
+        spec: serde_json::from_value(base).unwrap(),
+        created_unix,
+        deleting: false,
+    }
+}
+
+/// The contract's example policy (the parts planning reads).
+fn caas_production() -> PolicyView {
+    policy_with(
+        "caas-production",
+        1_000,
+        json!({
+            "selector": {
+                "namespaces": {"matchLabels": {"tracing.caas.io/enabled": "true"}},
+                "workloads": {"matchExpressions": [
+                    {"key": "app.kubernetes.io/part-of", "operator": "In", "values": ["caas"]}]},
+            },
+            "service": {
+                "environment": "production",
+                "resourceAttributes": {"team": "platform"},
+                "attributesFromNamespaceLabels": {"tenant.id": "caas.io/tenant"},
+            },
+            "propagators": ["tracecontext", "baggage"],
+            "sampling": {"ratio": 0.1, "parentBased": true, "services": [{"name": "auth", "ratio": 1.0}]},
+            "collector": {"namespace": "observability"},
+            "env": [{"name": "SERVICE_NAME", "value": "{service.name}"},
+                    {"name": "APP_VERSION", "value": "{service.version}"}],
+        }),
+    )
+}
+
+fn namespace(name: &str, labels: &[(&str, &str)]) -> (String, NamespaceView) {
+    (
+        name.to_string(),
+        NamespaceView {
+            name: name.into(),
+            labels: map(labels),
+        },
+    )
+}
+
+/// caas-gateway, caas-auth, caas-socket labelled for tracing; legacy not; plus
+/// the system namespaces and the operator's own, all labelled (they must still
+/// be excluded).
+fn caas_namespaces() -> BTreeMap<String, NamespaceView> {
+    let on = ("tracing.caas.io/enabled", "true");
+    BTreeMap::from([
+        namespace("caas-gateway", &[on, ("caas.io/tenant", "caas")]),
+        namespace("caas-auth", &[on, ("caas.io/tenant", "caas")]),
+        namespace("caas-socket", &[on]),
+        namespace("legacy", &[]),
+        namespace("kube-system", &[on]),
+        namespace("kube-public", &[on]),
+        namespace("kube-node-lease", &[on]),
+        namespace(OPERATOR_NS, &[on]),
+    ])
+}
+
+fn container(name: &str, image: &str) -> ContainerView {
+    ContainerView {
+        name: name.into(),
+        image: Some(image.into()),
+        env: Vec::new(),
+        operator_owned_env: BTreeSet::new(),
+    }
+}
+
+fn workload(
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+    containers: Vec<ContainerView>,
+) -> WorkloadView {
+    WorkloadView {
+        id: WorkloadId {
+            namespace: ns.into(),
+            kind,
+            name: name.into(),
+        },
+        labels: map(&[("app.kubernetes.io/part-of", "caas")]),
+        template_labels: map(&[("app.kubernetes.io/name", name)]),
+        containers,
+        ..WorkloadView::default()
+    }
+}
+
+fn gateway() -> WorkloadView {
+    workload(
+        "caas-gateway",
+        WorkloadKind::Deployment,
+        "gateway",
+        vec![
+            container("app", "registry.caas.io:5000/caas/gateway:2.4.1"),
+            container(
+                "worker",
+                "ghcr.io/caas/gateway-worker@sha256:9f86d081884c7d65",
+            ),
+            container("istio-proxy", "docker.io/istio/proxyv2:1.24.0"),
+        ],
+    )
+}
+
+fn auth() -> WorkloadView {
+    workload(
+        "caas-auth",
+        WorkloadKind::Deployment,
+        "auth",
+        vec![container("auth", "registry.caas.io:5000/caas/auth")],
+    )
+}
+
+fn socket() -> WorkloadView {
+    workload(
+        "caas-socket",
+        WorkloadKind::StatefulSet,
+        "socket",
+        vec![container("socket", "caas/socket:1.2@sha256:0123abcd")],
+    )
+}
+
+fn legacy() -> WorkloadView {
+    workload(
+        "legacy",
+        WorkloadKind::Deployment,
+        "billing",
+        vec![container("app", "billing:7")],
+    )
+}
+
+fn plan_of(policy: &PolicyView, workloads: &[WorkloadView], policies: &[PolicyView]) -> PolicyPlan {
+    plan_ns(policy, &caas_namespaces(), workloads, policies)
+}
+
+fn plan_ns(
+    policy: &PolicyView,
+    namespaces: &BTreeMap<String, NamespaceView>,
+    workloads: &[WorkloadView],
+    policies: &[PolicyView],
+) -> PolicyPlan {
+    let snapshot = Snapshot {
+        operator_namespace: OPERATOR_NS,
+        namespaces,
+        workloads,
+        policies,
+    };
+    plan_policy(policy, &snapshot).unwrap()
+}
+
+/// `NAME=value`, or `NAME<-fieldPath` for a downward-API entry.
+fn render(env: &[EnvVar]) -> Vec<String> {
+    env.iter()
+        .map(|e| match &e.value_from {
+            Some(from) => format!(
+                "{}<-{}",
+                e.name,
+                from.field_ref
+                    .as_ref()
+                    .map_or("?", |f| f.field_path.as_str())
+            ),
+            None => format!("{}={}", e.name, e.value.as_deref().unwrap_or("")),
+        })
+        .collect()
+}
+
+fn applied<'p>(plan: &'p PolicyPlan, name: &str) -> &'p WorkloadPlan {
+    plan.workloads
+        .iter()
+        .find_map(|d| match &d.action {
+            WorkloadAction::Apply(p) if d.id.name == name => Some(p),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Apply for {name} in {:#?}", plan.workloads))
+}
+
+fn var<'c>(c: &'c ContainerPlan, name: &str) -> Option<&'c str> {
+    c.env
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// (name, action) per decision, for compact assertions.
+fn actions(plan: &PolicyPlan) -> Vec<(String, String)> {
+    plan.workloads
+        .iter()
+        .map(|d| {
+            let action = match &d.action {
+                WorkloadAction::Apply(_) => "Apply".to_string(),
+                WorkloadAction::Remove => "Remove".to_string(),
+                WorkloadAction::Conflicted { winner } => format!("Conflicted({winner})"),
+            };
+            (d.id.name.clone(), action)
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn two_app_containers_and_an_istio_proxy_get_the_contracts_table() {
+    let p = caas_production();
+    let plan = plan_of(&p, &[gateway()], std::slice::from_ref(&p));
+    let wp = applied(&plan, "gateway");
+    assert_eq!(wp.service_name, "gateway");
+    let names: Vec<&str> = wp.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["app", "worker"],
+        "istio-proxy is never instrumented by default"
+    );
+
+    let attributes = |container: &str, version: &str| {
+        format!(
+            "{version}deployment.environment.name=production,service.namespace=caas-gateway,\
+             k8s.namespace.name=caas-gateway,k8s.deployment.name=gateway,k8s.container.name={container},\
+             k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),\
+             team=platform,tenant.id=caas"
+        )
+    };
+    let expected = |container: &str, version: &str| {
+        vec![
+            "OTEL_RESOURCE_ATTRIBUTES_POD_NAME<-metadata.name".to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES_NODE_NAME<-spec.nodeName".to_string(),
+            "OTEL_SERVICE_NAME=gateway".to_string(),
+            format!(
+                "OTEL_RESOURCE_ATTRIBUTES={}",
+                attributes(
+                    container,
+                    &if version.is_empty() {
+                        String::new()
+                    } else {
+                        format!("service.version={version},")
+                    }
+                )
+            ),
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://caas-production-collector.observability.svc:4318"
+                .to_string(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf".to_string(),
+            "OTEL_TRACES_EXPORTER=otlp".to_string(),
+            "OTEL_PROPAGATORS=tracecontext,baggage".to_string(),
+            "OTEL_TRACES_SAMPLER=parentbased_traceidratio".to_string(),
+            "OTEL_TRACES_SAMPLER_ARG=0.1".to_string(),
+            "SERVICE_NAME=gateway".to_string(),
+            format!("APP_VERSION={version}"),
+        ]
+    };
+    // Registry with a port and a tag: the tag is the version.
+    assert_eq!(render(&wp.containers[0].env), expected("app", "2.4.1"));
+    // Digest only: no version at all, and the template expands to "".
+    assert_eq!(render(&wp.containers[1].env), expected("worker", ""));
+    assert!(wp.containers.iter().all(|c| c.user_overrides.is_empty()));
+    // The helpers are plain downward-API field refs with the defaulted apiVersion.
+    assert_eq!(
+        wp.containers[0].env[0].value_from,
+        Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: "metadata.name".into()
+            }),
+            ..Default::default()
+        })
+    );
+    assert_eq!(wp.config_hash.len(), 16);
+    assert!(wp.config_hash.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[test]
+fn service_version_from_image_references() {
+    let p = policy_with("p", 1, json!({}));
+    let images = [
+        ("registry.caas.io:5000/caas/app", None),
+        ("registry.caas.io:5000/caas/app:3.1.0", Some("3.1.0")),
+        ("caas/app@sha256:0123456789abcdef", None),
+        ("caas/app:1.2@sha256:0123456789abcdef", Some("1.2")),
+        ("caas/app", None),
+        ("localhost:5000/app:v2", Some("v2")),
+    ];
+    for (image, version) in images {
+        let mut w = workload(
+            "caas-gateway",
+            WorkloadKind::Deployment,
+            "app",
+            vec![container("app", image)],
+        );
+        w.template_labels.clear();
+        let plan = plan_of(&p, &[w.clone()], std::slice::from_ref(&p));
+        let attrs = var(
+            &applied(&plan, "app").containers[0],
+            "OTEL_RESOURCE_ATTRIBUTES",
+        )
+        .unwrap_or_default();
+        let want = version.map_or("service.namespace=".to_string(), |v| {
+            format!("service.version={v},service.namespace=")
+        });
+        assert!(attrs.starts_with(&want), "{image}: {attrs}");
+
+        // The version label wins over any tag.
+        w.labels
+            .insert("app.kubernetes.io/version".into(), "9.9.9".into());
+        let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
+        let attrs = var(
+            &applied(&plan, "app").containers[0],
+            "OTEL_RESOURCE_ATTRIBUTES",
+        )
+        .unwrap_or_default();
+        assert!(
+            attrs.starts_with("service.version=9.9.9,service.namespace="),
+            "{image}: {attrs}"
+        );
+    }
+}
+
+#[test]
+fn service_name_precedence() {
+    let p = policy_with("p", 1, json!({}));
+    type Setup = fn(&mut WorkloadView);
+    let cases: [(&str, Setup, &str); 6] = [
+        ("workload name", |_| {}, "orders"),
+        (
+            "workload label",
+            |w| {
+                w.labels
+                    .insert("app.kubernetes.io/name".into(), "wl-label".into());
+            },
+            "wl-label",
+        ),
+        (
+            "template label first",
+            |w| {
+                w.labels
+                    .insert("app.kubernetes.io/name".into(), "wl-label".into());
+                w.template_labels
+                    .insert("app.kubernetes.io/name".into(), "tpl-label".into());
+            },
+            "tpl-label",
+        ),
+        (
+            "workload annotation over labels",
+            |w| {
+                w.template_labels
+                    .insert("app.kubernetes.io/name".into(), "tpl-label".into());
+                w.annotations.insert(
+                    "resource.opentelemetry.io/service.name".into(),
+                    "wl-ann".into(),
+                );
+            },
+            "wl-ann",
+        ),
+        (
+            "template annotation first",
+            |w| {
+                w.annotations.insert(
+                    "resource.opentelemetry.io/service.name".into(),
+                    "wl-ann".into(),
+                );
+                w.template_annotations.insert(
+                    "resource.opentelemetry.io/service.name".into(),
+                    "tpl-ann".into(),
+                );
+            },
+            "tpl-ann",
+        ),
+        (
+            "empty values are absent",
+            |w| {
+                w.template_annotations.insert(
+                    "resource.opentelemetry.io/service.name".into(),
+                    String::new(),
+                );
+                w.template_labels
+                    .insert("app.kubernetes.io/name".into(), String::new());
+            },
+            "orders",
+        ),
+    ];
+    for (case, setup, want) in cases {
+        let mut w = workload(
+            "caas-gateway",
+            WorkloadKind::Deployment,
+            "orders",
+            vec![container("a", "a:1"), container("b", "b:2")],
+        );
+        w.template_labels.clear();
+        setup(&mut w);
+        let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
+        let wp = applied(&plan, "orders");
+        assert_eq!(wp.service_name, want, "{case}");
+        // Every container of a workload shares the service name.
+        for c in &wp.containers {
+            assert_eq!(var(c, "OTEL_SERVICE_NAME"), Some(want), "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_variable_the_manifest_sets_wins_and_is_reported() {
+    let p = caas_production();
+    let mut w = gateway();
+    let app = &mut w.containers[0];
+    for (name, value) in [
+        ("NODE_ENV", "production"),
+        ("OTEL_SERVICE_NAME", "edge-gateway"),
+        ("SERVICE_NAME", "edge"),
+    ] {
+        app.env.push(EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        });
+    }
+    // The operator's own earlier value is the operator's to update.
+    let worker = &mut w.containers[1];
+    worker.env.push(EnvVar {
+        name: "OTEL_SERVICE_NAME".into(),
+        value: Some("old".into()),
+        value_from: None,
+    });
+    worker.operator_owned_env.insert("OTEL_SERVICE_NAME".into());
+
+    let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
+    let wp = applied(&plan, "gateway");
+    let (app, worker) = (&wp.containers[0], &wp.containers[1]);
+    assert_eq!(app.user_overrides, ["OTEL_SERVICE_NAME", "SERVICE_NAME"]);
+    assert_eq!(var(app, "OTEL_SERVICE_NAME"), None);
+    assert_eq!(var(app, "SERVICE_NAME"), None);
+    assert_eq!(
+        var(app, "NODE_ENV"),
+        None,
+        "the operator never plans the user's other variables"
+    );
+    assert_eq!(app.env.len(), 10);
+    assert!(worker.user_overrides.is_empty());
+    assert_eq!(var(worker, "OTEL_SERVICE_NAME"), Some("gateway"));
+}
+
+#[test]
+fn a_user_resource_attributes_variable_drops_the_helpers_too() {
+    let p = caas_production();
+    let mut w = gateway();
+    w.containers[0].env.push(EnvVar {
+        name: "OTEL_RESOURCE_ATTRIBUTES".into(),
+        value: Some("team=edge".into()),
+        value_from: None,
+    });
+    let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
+    let app = &applied(&plan, "gateway").containers[0];
+    assert_eq!(app.user_overrides, ["OTEL_RESOURCE_ATTRIBUTES"]);
+    assert_eq!(
+        render(&app.env)[..2],
+        [
+            "OTEL_SERVICE_NAME=gateway".to_string(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://caas-production-collector.observability.svc:4318"
+                .to_string()
+        ]
+    );
+}
+
+#[test]
+fn helper_variables_precede_every_reference() {
+    let p = caas_production();
+    let workloads = [gateway(), auth(), socket()];
+    let plan = plan_of(&p, &workloads, std::slice::from_ref(&p));
+    let mut checked = 0;
+    for d in &plan.workloads {
+        let WorkloadAction::Apply(wp) = &d.action else {
+            continue;
+        };
+        for c in &wp.containers {
+            let pos = |n: &str| c.env.iter().position(|e| e.name == n);
+            let attrs = pos("OTEL_RESOURCE_ATTRIBUTES").unwrap();
+            assert!(pos("OTEL_RESOURCE_ATTRIBUTES_POD_NAME").unwrap() < attrs);
+            assert!(pos("OTEL_RESOURCE_ATTRIBUTES_NODE_NAME").unwrap() < attrs);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4);
+}
+
+#[test]
+fn namespace_selection_and_exclusions() {
+    let p = caas_production();
+    let everything = [gateway(), auth(), socket(), legacy()];
+    let plan = plan_of(&p, &everything, std::slice::from_ref(&p));
+    assert_eq!(
+        plan.selected_namespaces,
+        ["caas-auth", "caas-gateway", "caas-socket"]
+    );
+    assert_eq!(
+        actions(&plan),
+        pairs(&[("auth", "Apply"), ("gateway", "Apply"), ("socket", "Apply")])
+    );
+
+    // No namespace selector: every namespace except the always-excluded ones, the
+    // operator's own and excludeNamespaces.
+    let all = policy_with(
+        "all",
+        1,
+        json!({"selector": {"excludeNamespaces": ["caas-socket"]}}),
+    );
+    let in_system = workload(
+        "kube-system",
+        WorkloadKind::DaemonSet,
+        "agent",
+        vec![container("a", "a:1")],
+    );
+    let in_operator = workload(
+        OPERATOR_NS,
+        WorkloadKind::Deployment,
+        "tracing-operator",
+        vec![container("a", "a:1")],
+    );
+    let workloads = [gateway(), socket(), legacy(), in_system, in_operator];
+    let plan = plan_of(&all, &workloads, std::slice::from_ref(&all));
+    assert_eq!(
+        plan.selected_namespaces,
+        ["caas-auth", "caas-gateway", "legacy"]
+    );
+    assert_eq!(
+        actions(&plan),
+        pairs(&[("gateway", "Apply"), ("billing", "Apply")])
+    );
+}
+
+#[test]
+fn a_namespace_without_the_label_adds_no_attribute() {
+    let p = policy_with(
+        "tenants",
+        1,
+        json!({"service": {"attributesFromNamespaceLabels": {"tenant.id": "caas.io/tenant"}}}),
+    );
+    let plan = plan_of(
+        &p,
+        &[gateway(), socket(), legacy()],
+        std::slice::from_ref(&p),
+    );
+    let attrs = |name: &str| {
+        var(
+            &applied(&plan, name).containers[0],
+            "OTEL_RESOURCE_ATTRIBUTES",
+        )
+        .unwrap_or_default()
+        .to_string()
+    };
+    assert!(
+        attrs("gateway").ends_with(",tenant.id=caas"),
+        "{}",
+        attrs("gateway")
+    );
+    for name in ["socket", "billing"] {
+        assert!(
+            !attrs(name).contains("tenant.id"),
+            "{name}: {}",
+            attrs(name)
+        );
+        assert!(
+            attrs(name).ends_with("k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME)"),
+            "{}",
+            attrs(name)
+        );
+    }
+}
+
+#[test]
+fn duplicate_attribute_keys_and_percent_encoding() {
+    let p = policy_with(
+        "dups",
+        1,
+        json!({"service": {
+            "resourceAttributes": {
+                "k8s.namespace.name": "hijack", "service.name": "hijack", "k8s.pod.name": "hijack",
+                "tenant.id": "from-policy", "owner": "Team A, Zürich; \"ops\"\\100%=ok",
+                "k8s.cluster.name": "prod-eu"},
+            "attributesFromNamespaceLabels": {"tenant.id": "caas.io/tenant", "deployment.environment.name": "env",
+                                              "service.version": "release"},
+        }}),
+    );
+    let mut namespaces = caas_namespaces();
+    namespaces.extend([namespace(
+        "caas-gateway",
+        &[
+            ("caas.io/tenant", "caas"),
+            ("env", "staging"),
+            ("release", "r7"),
+        ],
+    )]);
+    let plan = plan_ns(&p, &namespaces, &[gateway()], std::slice::from_ref(&p));
+    let app = &applied(&plan, "gateway").containers[0];
+    assert_eq!(
+        var(app, "OTEL_RESOURCE_ATTRIBUTES"),
+        Some(
+            "service.version=2.4.1,deployment.environment.name=staging,service.namespace=caas-gateway,\
+             k8s.namespace.name=caas-gateway,k8s.deployment.name=gateway,k8s.container.name=app,\
+             k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),\
+             k8s.cluster.name=prod-eu,owner=Team%20A%2C%20Z%C3%BCrich%3B%20%22ops%22%5C100%25%3Dok,tenant.id=from-policy"
+        )
+    );
+    // Without a tag the namespace label fills service.version.
+    let worker = &applied(&plan, "gateway").containers[1];
+    assert!(
+        var(worker, "OTEL_RESOURCE_ATTRIBUTES")
+            .unwrap_or_default()
+            .starts_with("service.version=r7,deployment.environment.name=staging,")
+    );
+
+    // spec.service.environment beats the namespace label.
+    let mut with_env = p.clone();
+    with_env.spec.service.environment = Some("production".into());
+    let plan = plan_ns(
+        &with_env,
+        &namespaces,
+        &[gateway()],
+        std::slice::from_ref(&with_env),
+    );
+    let attrs = var(
+        &applied(&plan, "gateway").containers[0],
+        "OTEL_RESOURCE_ATTRIBUTES",
+    )
+    .unwrap_or_default()
+    .to_string();
+    assert!(
+        attrs.contains(",deployment.environment.name=production,"),
+        "{attrs}"
+    );
+    assert!(!attrs.contains("staging"), "{attrs}");
+}
+
+#[test]
+fn dollar_signs_from_user_data_are_never_expanded() {
+    let p = policy_with(
+        "p",
+        1,
+        json!({
+            "service": {"resourceAttributes": {"note": "$(SECRET)"}},
+            "env": [{"name": "SVC", "value": "$(HOSTNAME)/{service.name}"}],
+        }),
+    );
+    let mut w = gateway();
+    w.template_annotations.insert(
+        "resource.opentelemetry.io/service.name".into(),
+        "gw$(X)".into(),
+    );
+    let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
+    let app = &applied(&plan, "gateway").containers[0];
+    assert_eq!(var(app, "OTEL_SERVICE_NAME"), Some("gw$$(X)"));
+    assert!(
+        var(app, "OTEL_RESOURCE_ATTRIBUTES")
+            .unwrap_or_default()
+            .ends_with(",note=%24(SECRET)")
+    );
+    assert_eq!(var(app, "SVC"), Some("$(HOSTNAME)/gw$$(X)"));
+}
+
+#[test]
+fn sampling_per_service_and_unmatched_overrides() {
+    let p = policy_with(
+        "s",
+        1,
+        json!({"sampling": {"ratio": 0.25, "services": [
+        {"name": "auth", "ratio": 1.0}, {"name": "payments", "ratio": 0.5}, {"name": "gateway", "ratio": 0.05}]}}),
+    );
+    let plan = plan_of(&p, &[gateway(), auth(), socket()], std::slice::from_ref(&p));
+    let arg = |name: &str| {
+        var(
+            &applied(&plan, name).containers[0],
+            "OTEL_TRACES_SAMPLER_ARG",
+        )
+        .map(str::to_string)
+    };
+    assert_eq!(arg("auth").as_deref(), Some("1"));
+    assert_eq!(arg("gateway").as_deref(), Some("0.05"));
+    assert_eq!(arg("socket").as_deref(), Some("0.25"));
+    assert_eq!(plan.unmatched_service_overrides, ["payments"]);
+    assert_eq!(
+        var(&applied(&plan, "auth").containers[0], "OTEL_TRACES_SAMPLER"),
+        Some("parentbased_traceidratio")
+    );
+
+    let not_parent = policy_with(
+        "n",
+        1,
+        json!({"sampling": {"ratio": 0.1, "parentBased": false}}),
+    );
+    let plan = plan_of(&not_parent, &[auth()], std::slice::from_ref(&not_parent));
+    let c = &applied(&plan, "auth").containers[0];
+    assert_eq!(var(c, "OTEL_TRACES_SAMPLER"), Some("traceidratio"));
+    assert_eq!(var(c, "OTEL_TRACES_SAMPLER_ARG"), Some("0.1"));
+    assert!(plan.unmatched_service_overrides.is_empty());
+}
+
+#[test]
+fn collector_off_exports_to_the_backend_and_propagators_join() {
+    let p = policy_with(
+        "direct",
+        1,
+        json!({
+            "collector": {"enabled": false},
+            "propagators": ["b3multi", "tracecontext"],
+            "backends": [{"name": "tempo", "type": "tempo", "endpoint": "https://tempo.example:4317", "protocol": "grpc"}],
+        }),
+    );
+    let plan = plan_of(&p, &[auth()], std::slice::from_ref(&p));
+    let c = &applied(&plan, "auth").containers[0];
+    assert_eq!(
+        var(c, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some("https://tempo.example:4317")
+    );
+    assert_eq!(var(c, "OTEL_EXPORTER_OTLP_PROTOCOL"), Some("grpc"));
+    assert_eq!(var(c, "OTEL_PROPAGATORS"), Some("b3multi,tracecontext"));
+}
+
+#[test]
+fn kinds_and_container_names_narrow_the_selection() {
+    let p = policy_with(
+        "narrow",
+        1,
+        json!({"selector": {"kinds": ["StatefulSet"], "containers": ["socket", "istio-proxy"]}}),
+    );
+    let mut s = socket();
+    s.containers
+        .push(container("istio-proxy", "istio/proxyv2:1.24.0"));
+    s.containers.push(container("sidecar", "log:1"));
+    let plan = plan_of(&p, &[gateway(), s], std::slice::from_ref(&p));
+    assert_eq!(actions(&plan), pairs(&[("socket", "Apply")]));
+    let wp = applied(&plan, "socket");
+    let names: Vec<&str> = wp.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["socket", "istio-proxy"],
+        "named containers only, proxies included when named"
+    );
+    let attrs = var(&wp.containers[0], "OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    assert!(
+        attrs.contains(",k8s.statefulset.name=socket,k8s.container.name=socket,"),
+        "{attrs}"
+    );
+    assert!(
+        attrs.starts_with("service.version=1.2,"),
+        "tag before a digest: {attrs}"
+    );
+}
+
+#[test]
+fn precedence_between_policies() {
+    let spec =
+        json!({"selector": {"namespaces": {"matchLabels": {"tracing.caas.io/enabled": "true"}}}});
+    let p = |name: &str, priority: i32, created: i64, mode: &str| {
+        let mut s = spec.clone();
+        s["priority"] = json!(priority);
+        s["mode"] = json!(mode);
+        policy_with(name, created, s)
+    };
+    struct Case {
+        what: &'static str,
+        policies: Vec<PolicyView>,
+        /// (policy, expected action on auth)
+        expect: Vec<(&'static str, &'static str)>,
+    }
+    let cases = [
+        Case {
+            what: "equal priority: the older wins",
+            policies: vec![p("zeta", 0, 100, "Enforce"), p("alpha", 0, 200, "Enforce")],
+            expect: vec![("zeta", "Apply"), ("alpha", "Conflicted(zeta)")],
+        },
+        Case {
+            what: "equal priority and age: the name decides",
+            policies: vec![p("zeta", 0, 100, "Enforce"), p("alpha", 0, 100, "Enforce")],
+            expect: vec![("zeta", "Conflicted(alpha)"), ("alpha", "Apply")],
+        },
+        Case {
+            what: "higher priority wins over age",
+            policies: vec![p("old", 0, 1, "Enforce"), p("new", 10, 999, "Enforce")],
+            expect: vec![("old", "Conflicted(new)"), ("new", "Apply")],
+        },
+        Case {
+            what: "DryRun never wins over Enforce, but reports what it would do",
+            policies: vec![p("dry", 10, 1, "DryRun"), p("enforce", 0, 999, "Enforce")],
+            expect: vec![("dry", "Apply"), ("enforce", "Apply")],
+        },
+        Case {
+            what: "DryRun below an Enforce policy is Conflicted",
+            policies: vec![p("dry", -5, 1, "DryRun"), p("enforce", 0, 999, "Enforce")],
+            expect: vec![("dry", "Conflicted(enforce)"), ("enforce", "Apply")],
+        },
+        Case {
+            what: "three policies: the strongest wins, each loser names it",
+            policies: vec![
+                p("a", 1, 5, "Enforce"),
+                p("b", 3, 5, "Enforce"),
+                p("c", 2, 5, "Enforce"),
+            ],
+            expect: vec![
+                ("a", "Conflicted(b)"),
+                ("b", "Apply"),
+                ("c", "Conflicted(b)"),
+            ],
+        },
+    ];
+    for case in cases {
+        for (name, want) in &case.expect {
+            let me = case.policies.iter().find(|x| x.name == *name).unwrap();
+            let plan = plan_of(me, &[auth()], &case.policies);
+            assert_eq!(
+                actions(&plan),
+                pairs(&[("auth", want)]),
+                "{}: {name}",
+                case.what
+            );
+        }
+    }
+}
+
+#[test]
+fn a_deleting_policy_loses_everything_and_removes_what_it_wrote() {
+    let mut dying = policy_with(
+        "dying",
+        1,
+        json!({"priority": 100, "selector": {"namespaces": {"matchExpressions": [
+        {"key": "x", "operator": "In"}]}}}),
+    );
+    dying.deleting = true;
+    let other = policy_with("other", 500, json!({}));
+    let policies = [dying.clone(), other.clone()];
+    let mut gw = gateway();
+    gw.annotations
+        .insert(POLICY_ANNOTATION.into(), "dying".into());
+    let mut au = auth();
+    au.annotations
+        .insert(POLICY_ANNOTATION.into(), "dying".into());
+    let mut so = socket();
+    so.annotations
+        .insert(POLICY_ANNOTATION.into(), "other".into());
+    let workloads = [so, au, gw, legacy()];
+
+    // Its selector is invalid, yet deleting it still plans: Remove wherever its annotation is.
+    let plan = plan_of(&dying, &workloads, &policies);
+    assert_eq!(
+        actions(&plan),
+        pairs(&[("auth", "Remove"), ("gateway", "Remove")])
+    );
+    assert!(plan.selected_namespaces.is_empty());
+
+    // The other policy owns everything it selects, despite the lower priority.
+    let plan = plan_of(&other, &workloads, &policies);
+    assert_eq!(
+        actions(&plan),
+        pairs(&[
+            ("auth", "Apply"),
+            ("gateway", "Apply"),
+            ("socket", "Apply"),
+            ("billing", "Apply")
+        ])
+    );
+}
+
+#[test]
+fn remove_when_a_workload_leaves_the_selection_and_handover_between_policies() {
+    let p = caas_production();
+    let mark = |mut w: WorkloadView, policy: &str| {
+        w.annotations
+            .insert(POLICY_ANNOTATION.into(), policy.into());
+        w.annotations
+            .insert(CONFIG_HASH_ANNOTATION.into(), "0123456789abcdef".into());
+        w
+    };
+    // Left the selection: its part-of label changed; another is in a namespace
+    // whose label was removed; a third carries another policy's annotation.
+    let mut relabelled = mark(gateway(), "caas-production");
+    relabelled
+        .labels
+        .insert("app.kubernetes.io/part-of".into(), "other".into());
+    let moved_out = mark(legacy(), "caas-production");
+    let foreign = mark(
+        workload("legacy", WorkloadKind::DaemonSet, "agent", vec![]),
+        "someone-else",
+    );
+    let workloads = [
+        relabelled.clone(),
+        moved_out.clone(),
+        foreign.clone(),
+        mark(auth(), "caas-production"),
+    ];
+    let plan = plan_of(&p, &workloads, std::slice::from_ref(&p));
+    assert_eq!(
+        actions(&plan),
+        pairs(&[
+            ("auth", "Apply"),
+            ("gateway", "Remove"),
+            ("billing", "Remove")
+        ])
+    );
+
+    // Another Enforce policy now wins: the still-selected one is Conflicted, the
+    // no-longer-selected one is left to the winner's apply (no Remove racing it).
+    let winner = policy_with("winner", 5_000, json!({"priority": 7}));
+    let policies = [p.clone(), winner.clone()];
+    let plan_loser = plan_of(&p, &workloads, &policies);
+    assert_eq!(
+        actions(&plan_loser),
+        pairs(&[("auth", "Conflicted(winner)")])
+    );
+    let plan_winner = plan_of(&winner, &workloads, &policies);
+    assert_eq!(
+        actions(&plan_winner),
+        pairs(&[
+            ("auth", "Apply"),
+            ("gateway", "Apply"),
+            ("billing", "Apply"),
+            ("agent", "Apply")
+        ])
+    );
+
+    // A DryRun policy does not take workloads over: the loser still removes.
+    let mut dry = winner.clone();
+    dry.spec.mode = crate::api::Mode::DryRun;
+    let policies = [p.clone(), dry];
+    let plan = plan_of(&p, &workloads, &policies);
+    assert_eq!(
+        actions(&plan),
+        pairs(&[
+            ("auth", "Apply"),
+            ("gateway", "Remove"),
+            ("billing", "Remove")
+        ])
+    );
+}
+
+#[test]
+fn decisions_are_sorted_by_namespace_kind_name() {
+    let p = policy_with("all", 1, json!({}));
+    let workloads = [
+        workload("legacy", WorkloadKind::Deployment, "b", vec![]),
+        workload("caas-socket", WorkloadKind::StatefulSet, "socket", vec![]),
+        workload("legacy", WorkloadKind::DaemonSet, "a", vec![]),
+        workload("caas-auth", WorkloadKind::Deployment, "z", vec![]),
+        workload("legacy", WorkloadKind::Deployment, "a", vec![]),
+    ];
+    let plan = plan_of(&p, &workloads, std::slice::from_ref(&p));
+    let ids: Vec<String> = plan.workloads.iter().map(|d| d.id.to_string()).collect();
+    assert_eq!(
+        ids,
+        [
+            "Deployment caas-auth/z",
+            "StatefulSet caas-socket/socket",
+            "Deployment legacy/a",
+            "Deployment legacy/b",
+            "DaemonSet legacy/a",
+        ]
+    );
+}
+
+#[test]
+fn an_invalid_selector_is_an_error_naming_the_field() {
+    let cases = [
+        (
+            json!({"selector": {"namespaces": {"matchExpressions": [{"key": "team", "operator": "In"}]}}}),
+            "spec.selector.namespaces: matchExpressions[0].values must not be empty for operator In",
+        ),
+        (
+            json!({"selector": {"workloads": {"matchExpressions": [
+                {"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Exists", "values": ["x"]}]}}}),
+            "spec.selector.workloads: matchExpressions[1].values must be empty for operator Exists",
+        ),
+    ];
+    let namespaces = caas_namespaces();
+    for (spec, message) in cases {
+        let p = policy_with("bad", 1, spec);
+        let snapshot = Snapshot {
+            operator_namespace: OPERATOR_NS,
+            namespaces: &namespaces,
+            workloads: &[],
+            policies: std::slice::from_ref(&p),
+        };
+        let err = plan_policy(&p, &snapshot).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+    // A competitor with an invalid selector owns nothing.
+    let bad = policy_with(
+        "bad",
+        1,
+        json!({"priority": 9, "selector": {"workloads": {"matchExpressions": [
+        {"key": "a", "operator": "Near", "values": ["x"]}]}}}),
+    );
+    let good = policy_with("good", 2, json!({}));
+    let plan = plan_of(&good, &[auth()], &[bad, good.clone()]);
+    assert_eq!(actions(&plan), pairs(&[("auth", "Apply")]));
+}
+
+/// The live workload as the API server stores it after applying `wp`: empty
+/// values dropped, every planned entry owned by the operator.
+fn live_after_apply(mut w: WorkloadView, policy: &str, wp: &WorkloadPlan) -> WorkloadView {
+    w.annotations
+        .insert(POLICY_ANNOTATION.into(), policy.into());
+    w.annotations
+        .insert(CONFIG_HASH_ANNOTATION.into(), wp.config_hash.clone());
+    for planned in &wp.containers {
+        let c = w
+            .containers
+            .iter_mut()
+            .find(|c| c.name == planned.name)
+            .unwrap();
+        for e in &planned.env {
+            let mut stored = e.clone();
+            stored.value = stored.value.filter(|v| !v.is_empty());
+            c.env.retain(|x| x.name != e.name);
+            c.env.push(stored);
+            c.operator_owned_env.insert(e.name.clone());
+        }
+    }
+    w
+}
+
+#[test]
+fn is_applied_is_exact() {
+    let p = caas_production();
+    let mut gw = gateway();
+    gw.containers[0].env.push(EnvVar {
+        name: "NODE_ENV".into(),
+        value: Some("production".into()),
+        value_from: None,
+    });
+    let plan = plan_of(&p, &[gw.clone()], std::slice::from_ref(&p));
+    let wp = applied(&plan, "gateway");
+    let live = live_after_apply(gw.clone(), "caas-production", wp);
+    assert!(
+        is_applied("caas-production", wp, &live),
+        "converged, with the user's NODE_ENV ignored"
+    );
+    assert!(!is_clean(&live));
+
+    type Edit = fn(&mut WorkloadView);
+    let cases: [(&str, Edit, bool); 10] = [
+        ("unchanged", |_| {}, true),
+        (
+            "the user adds a variable of their own",
+            |w| {
+                w.containers[2].env.push(EnvVar {
+                    name: "ISTIO_META".into(),
+                    value: Some("x".into()),
+                    value_from: None,
+                });
+            },
+            true,
+        ),
+        (
+            "the API server left fieldRef.apiVersion empty",
+            |w| {
+                let e = &mut w.containers[0].env[0];
+                if let Some(f) = e.value_from.as_mut().and_then(|v| v.field_ref.as_mut()) {
+                    f.api_version = None;
+                }
+            },
+            true,
+        ),
+        (
+            "a value changed",
+            |w| {
+                if let Some(e) = w.containers[0]
+                    .env
+                    .iter_mut()
+                    .find(|e| e.name == "OTEL_TRACES_SAMPLER_ARG")
+                {
+                    e.value = Some("0.5".into());
+                }
+            },
+            false,
+        ),
+        (
+            "an entry deleted by hand",
+            |w| {
+                w.containers[1].env.retain(|e| e.name != "OTEL_PROPAGATORS");
+            },
+            false,
+        ),
+        (
+            "an extra stale owned entry",
+            |w| {
+                w.containers[0].env.push(EnvVar {
+                    name: "OLD_VAR".into(),
+                    value: Some("x".into()),
+                    value_from: None,
+                });
+                w.containers[0].operator_owned_env.insert("OLD_VAR".into());
+            },
+            false,
+        ),
+        (
+            "a stale owned entry in a container no longer instrumented",
+            |w| {
+                w.containers[2]
+                    .operator_owned_env
+                    .insert("OTEL_SERVICE_NAME".into());
+            },
+            false,
+        ),
+        (
+            "another config hash",
+            |w| {
+                w.annotations
+                    .insert(CONFIG_HASH_ANNOTATION.into(), "ffffffffffffffff".into());
+            },
+            false,
+        ),
+        (
+            "another policy's annotation",
+            |w| {
+                w.annotations
+                    .insert(POLICY_ANNOTATION.into(), "other".into());
+            },
+            false,
+        ),
+        (
+            "planned entry present but not owned by the operator",
+            |w| {
+                w.containers[0]
+                    .operator_owned_env
+                    .remove("OTEL_TRACES_EXPORTER");
+            },
+            false,
+        ),
+    ];
+    for (what, edit, want) in cases {
+        let mut l = live.clone();
+        edit(&mut l);
+        assert_eq!(is_applied("caas-production", wp, &l), want, "{what}");
+    }
+    assert!(!is_applied("caas-production", wp, &gw), "never applied");
+
+    // After a removal the workload is clean, user entries notwithstanding.
+    assert!(is_clean(&gw));
+    let mut only_annotation = gw.clone();
+    only_annotation
+        .annotations
+        .insert(CONFIG_HASH_ANNOTATION.into(), "x".into());
+    assert!(!is_clean(&only_annotation));
+}
+
+#[test]
+fn config_hash_is_stable_and_covers_policy_and_values() {
+    let p = caas_production();
+    let first = applied(
+        &plan_of(&p, &[gateway()], std::slice::from_ref(&p)),
+        "gateway",
+    )
+    .clone();
+    let again = applied(
+        &plan_of(&p, &[gateway()], std::slice::from_ref(&p)),
+        "gateway",
+    )
+    .clone();
+    assert_eq!(first.config_hash, again.config_hash);
+    // Pinned: the same plan hashes the same in every process and release.
+    assert_eq!(
+        first.config_hash,
+        env::config_hash("caas-production", &first.containers)
+    );
+    assert_eq!(env::config_hash("p", &[]), PINNED_EMPTY_HASH);
+    let small = [ContainerPlan {
+        name: "app".into(),
+        env: vec![
+            EnvVar {
+                name: "A".into(),
+                value: Some("1".into()),
+                value_from: None,
+            },
+            EnvVar {
+                name: "B".into(),
+                value: None,
+                value_from: first.containers[0].env[0].value_from.clone(),
+            },
+        ],
+        user_overrides: vec!["IGNORED".into()],
+    }];
+    assert_eq!(env::config_hash("p", &small), PINNED_SMALL_HASH);
+    // Moving a byte between name and value changes it (length-prefixed fields).
+    let mut shifted = small.clone();
+    shifted[0].env[0] = EnvVar {
+        name: "A1".into(),
+        value: Some(String::new()),
+        value_from: None,
+    };
+    assert_ne!(env::config_hash("p", &shifted), PINNED_SMALL_HASH);
+
+    let mut renamed = p.clone();
+    renamed.name = "caas-staging".into();
+    let other = applied(
+        &plan_of(&renamed, &[gateway()], std::slice::from_ref(&renamed)),
+        "gateway",
+    )
+    .clone();
+    assert_ne!(first.config_hash, other.config_hash);
+
+    let mut ratio = p.clone();
+    ratio.spec.sampling.ratio = 0.2;
+    let other = applied(
+        &plan_of(&ratio, &[gateway()], std::slice::from_ref(&ratio)),
+        "gateway",
+    )
+    .clone();
+    assert_ne!(first.config_hash, other.config_hash);
+
+    // A user override changes what is applied, so the hash too.
+    let mut gw = gateway();
+    gw.containers[0].env.push(EnvVar {
+        name: "SERVICE_NAME".into(),
+        value: Some("edge".into()),
+        value_from: None,
+    });
+    let other = applied(&plan_of(&p, &[gw], std::slice::from_ref(&p)), "gateway").clone();
+    assert_ne!(first.config_hash, other.config_hash);
+}
+
+const PINNED_SMALL_HASH: &str = "955f0437fcb94fba";
+const PINNED_EMPTY_HASH: &str = "ed3ebbd198b2c4e4";
