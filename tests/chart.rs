@@ -1,0 +1,811 @@
+//! The Helm chart and the manifests rendered from it, checked without a cluster:
+//! `helm lint --strict`, deploy/ against a fresh render, the chart's copy of the
+//! CRD, and the fields of the rendered objects that users rely on (replicas,
+//! leader election, security context, probes, least-privilege RBAC, labels).
+//!
+//! helm is the testbed's pinned build (`testbed/tools/build`, built on first use).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const RELEASE: &str = "tracing-operator";
+const NAMESPACE: &str = "tracing-operator";
+/// The testbed's Kubernetes release; offline `helm template` assumes an old one otherwise.
+const KUBE_VERSION: &str = "1.37.2";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/tracing-operator")
+}
+
+/// The pinned helm binary.
+fn helm() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = Command::new(repo().join("testbed/tools/build"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run testbed/tools/build");
+        assert!(out.status.success(), "testbed/tools/build failed");
+        let bin = String::from_utf8(out.stdout).expect("tools/build prints a path");
+        let helm = PathBuf::from(bin.trim()).join("helm");
+        assert!(
+            helm.is_file(),
+            "testbed/tools/build did not produce {}",
+            helm.display()
+        );
+        helm
+    })
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `helm template` of the chart as release `tracing-operator` in namespace
+/// `tracing-operator` with `--set` values; `Err` carries helm's stderr.
+fn try_render(set: &[&str]) -> Result<Vec<Value>, String> {
+    let mut cmd = Command::new(helm());
+    cmd.arg("template").arg(RELEASE).arg(chart());
+    cmd.args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = run(&mut cmd);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    Ok(parse_documents(&yaml))
+}
+
+fn render(set: &[&str]) -> Vec<Value> {
+    try_render(set).unwrap_or_else(|e| panic!("helm template {set:?} failed:\n{e}"))
+}
+
+fn parse_documents(yaml: &str) -> Vec<Value> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("rendered YAML parses");
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn kinds(objects: &[Value]) -> Vec<&str> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// The only object of `kind`, as its typed struct.
+fn one<T: DeserializeOwned>(objects: &[Value], kind: &str) -> T {
+    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {kind}, rendered kinds: {:?}",
+        kinds(objects)
+    );
+    serde_json::from_value(found[0].clone())
+        .unwrap_or_else(|e| panic!("{kind} does not parse: {e}"))
+}
+
+fn operator_container(deployment: &Deployment) -> Container {
+    let pod = deployment.spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(pod.containers.len(), 1, "one container");
+    pod.containers[0].clone()
+}
+
+/// Chart.yaml's field, e.g. `appVersion`.
+fn chart_field(field: &str) -> String {
+    let text = std::fs::read_to_string(chart().join("Chart.yaml")).expect("read Chart.yaml");
+    let chart: Value = serde_saphyr::from_str(&text).expect("Chart.yaml parses");
+    chart[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("Chart.yaml has no {field}"))
+        .to_string()
+}
+
+/// A directory removed when the test ends, pass or fail.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("tracing-operator-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn yaml_files(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        })
+        .map(|p| {
+            let name = p
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            (name, text)
+        })
+        .collect()
+}
+
+fn lint(set: &[&str]) {
+    let mut cmd = Command::new(helm());
+    cmd.args(["lint", "--strict", "--kube-version", KUBE_VERSION])
+        .arg(chart());
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = run(&mut cmd);
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "helm lint --strict {set:?} failed:\n{report}"
+    );
+    assert!(
+        !report.contains("[WARNING]") && !report.contains("[ERROR]"),
+        "helm lint --strict {set:?} is not clean:\n{report}"
+    );
+}
+
+#[test]
+fn helm_lint_is_clean_with_default_and_optional_objects() {
+    lint(&[]);
+    lint(&[
+        "metrics.serviceMonitor.enabled=true",
+        "networkPolicy.enabled=true",
+        "telemetry.otlpEndpoint=http://otel-collector.observability:4317",
+    ]);
+}
+
+/// `kubectl apply -f deploy/` must install what the chart installs.
+#[test]
+fn deploy_manifests_match_a_fresh_render() {
+    let fresh = TempDir::new("deploy-render");
+    let out = run(Command::new(repo().join("deploy/render"))
+        .arg(&fresh.0)
+        .env("HELM", helm()));
+    assert!(
+        out.status.success(),
+        "deploy/render failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let expected = yaml_files(&fresh.0);
+    let checked_in = yaml_files(&repo().join("deploy"));
+    assert!(!expected.is_empty(), "deploy/render wrote no manifests");
+    assert_eq!(
+        checked_in.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "deploy/ holds other files than deploy/render writes (kubectl apply -f deploy/ would apply them): run deploy/render"
+    );
+    for (name, text) in &expected {
+        assert!(
+            &checked_in[name] == text,
+            "deploy/{name} is stale: run deploy/render"
+        );
+    }
+
+    // The Namespace comes first (kubectl applies files in name order) and every
+    // namespaced object lives in it.
+    let first = expected.keys().next().expect("a file");
+    let namespace = parse_documents(&expected[first]);
+    assert_eq!(
+        kinds(&namespace),
+        ["Namespace"],
+        "{first} holds the Namespace alone"
+    );
+    assert_eq!(namespace[0]["metadata"]["name"], NAMESPACE);
+    assert_eq!(
+        namespace[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let all: Vec<Value> = expected.values().flat_map(|t| parse_documents(t)).collect();
+    let cluster_scoped = [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ];
+    for object in all
+        .iter()
+        .filter(|o| !cluster_scoped.contains(&o["kind"].as_str().unwrap_or_default()))
+    {
+        assert_eq!(
+            object["metadata"]["namespace"], NAMESPACE,
+            "namespace of {} {}",
+            object["kind"], object["metadata"]["name"]
+        );
+    }
+    assert_eq!(
+        kinds(&all)
+            .iter()
+            .filter(|k| **k == "CustomResourceDefinition")
+            .count(),
+        1,
+        "deploy/ installs the CRD"
+    );
+}
+
+#[test]
+fn chart_crd_is_the_generated_crd() {
+    let copy = std::fs::read_to_string(chart().join("crds/tracingpolicy.yaml"))
+        .expect("read the chart's CRD");
+    let generated = tracing_operator::api::crd_yaml().expect("CRD serializes");
+    assert!(
+        copy == generated,
+        "charts/tracing-operator/crds/tracingpolicy.yaml is stale: run `cargo run -- crd > crds/tracingpolicy.yaml`, \
+         copy it to charts/tracing-operator/crds/ and run deploy/render"
+    );
+    let top = std::fs::read_to_string(repo().join("crds/tracingpolicy.yaml"))
+        .expect("read crds/tracingpolicy.yaml");
+    assert!(
+        copy == top,
+        "charts/tracing-operator/crds/tracingpolicy.yaml differs from crds/tracingpolicy.yaml"
+    );
+}
+
+#[test]
+fn default_install_runs_two_leader_elected_hardened_replicas() {
+    let objects = render(&[]);
+    let deployment: Deployment = one(&objects, "Deployment");
+    let spec = &deployment.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    let c = operator_container(&deployment);
+
+    // Image: the chart's appVersion, which is the crate's version.
+    assert_eq!(
+        chart_field("appVersion"),
+        env!("CARGO_PKG_VERSION"),
+        "Chart.yaml appVersion follows Cargo.toml"
+    );
+    assert_eq!(
+        c.image.as_deref(),
+        Some(
+            format!(
+                "ghcr.io/caas/tracing-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    assert!(
+        args.iter().any(|a| a == "--leader-elect"),
+        "leader election on by default: {args:?}"
+    );
+
+    // Namespace and identity from the downward API.
+    let env: BTreeMap<String, String> = c
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value_from?.field_ref?.field_path)))
+        .collect();
+    assert_eq!(
+        env.get("POD_NAMESPACE").map(String::as_str),
+        Some("metadata.namespace")
+    );
+    assert_eq!(
+        env.get("POD_NAME").map(String::as_str),
+        Some("metadata.name")
+    );
+
+    // Pod Security Standard `restricted`, plus a read-only root filesystem.
+    let psc = pod.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(65532));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let sc = c
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, None, "never privileged");
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(caps.add, None);
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_ne!(pod.host_network, Some(true));
+
+    // Probes on the metrics server, which --metrics-addr puts on the named port.
+    let port = c
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("metrics port");
+    assert!(
+        args.contains(&format!("--metrics-addr=0.0.0.0:{}", port.container_port)),
+        "{args:?}"
+    );
+    for (probe, path) in [
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{path} probe"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::String("metrics".into()));
+    }
+
+    let resources = c.resources.as_ref().expect("resources");
+    for key in ["cpu", "memory"] {
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key(key)),
+            "{key} request"
+        );
+    }
+    assert!(
+        resources
+            .limits
+            .as_ref()
+            .is_some_and(|l| l.contains_key("memory")),
+        "memory limit"
+    );
+
+    // Replicas prefer different nodes.
+    let anti = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .expect("podAntiAffinity");
+    let preferred = anti
+        .preferred_during_scheduling_ignored_during_execution
+        .as_deref()
+        .unwrap_or_default();
+    assert!(
+        preferred
+            .iter()
+            .any(|t| t.pod_affinity_term.topology_key == "kubernetes.io/hostname")
+    );
+    assert_eq!(
+        anti.required_during_scheduling_ignored_during_execution, None,
+        "a small cluster can still run both"
+    );
+
+    // A node drain keeps a standby.
+    let pdb: PodDisruptionBudget = one(&objects, "PodDisruptionBudget");
+    let pdb_spec = pdb.spec.expect("pdb spec");
+    assert_eq!(pdb_spec.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(pdb_spec.selector, Some(spec.selector.clone()));
+}
+
+/// The arguments the chart passes are accepted by the binary this crate builds:
+/// it gets past argument parsing and stops at the (missing) kubeconfig.
+#[test]
+fn operator_binary_accepts_the_charts_arguments() {
+    let deployment: Deployment = one(
+        &render(&["telemetry.otlpEndpoint=http://127.0.0.1:1"]),
+        "Deployment",
+    );
+    let c = operator_container(&deployment);
+    let home = TempDir::new("chart-args-home");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracing-operator"))
+        .args(c.args.unwrap_or_default())
+        .env_clear()
+        .env("HOME", &home.0)
+        .env("KUBECONFIG", home.0.join("no-such-kubeconfig"))
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_NAME", "tracing-operator-0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracing-operator");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tracing-operator kept running without a kubeconfig");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // clap exits with 2 on a bad argument.
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "the chart passes arguments the binary rejects:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("kubeconfig"),
+        "expected to stop at the missing kubeconfig, got {:?}:\n{stderr}",
+        out.status
+    );
+}
+
+fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    let names = rule
+                        .resource_names
+                        .as_deref()
+                        .map(|n| format!(" {}", n.join(",")))
+                        .unwrap_or_default();
+                    let group = if group.is_empty() { "core" } else { group };
+                    out.insert(format!("{group}/{resource} {verb}{names}"));
+                }
+            }
+        }
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "no non-resource URLs: {rule:?}"
+        );
+    }
+    out
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_operator_uses() {
+    let objects = render(&[]);
+    let role: ClusterRole = one(&objects, "ClusterRole");
+    let rules = role.rules.clone().unwrap_or_default();
+    let granted = grants(&rules);
+
+    for rule in &rules {
+        let wildcard = |v: &[String]| v.iter().any(|x| x == "*");
+        assert!(
+            !wildcard(&rule.verbs)
+                && !wildcard(rule.api_groups.as_deref().unwrap_or_default())
+                && !wildcard(rule.resources.as_deref().unwrap_or_default()),
+            "no wildcards: {rule:?}"
+        );
+    }
+    // Secrets are read one at a time by name, never listed or watched.
+    let secrets: Vec<&String> = granted
+        .iter()
+        .filter(|g| g.starts_with("core/secrets "))
+        .collect();
+    assert_eq!(secrets, ["core/secrets get"], "Secrets: get only");
+    // Nothing on pods (no exec, attach, port-forward, eviction) and no Lease
+    // outside the operator's namespace.
+    assert!(
+        !granted.iter().any(|g| g.starts_with("core/pods")),
+        "no access to pods: {granted:#?}"
+    );
+    assert!(
+        !granted.iter().any(|g| g.contains("leases")),
+        "Leases only through the namespaced Role"
+    );
+
+    let expected: BTreeSet<String> = [
+        "tracing.caas.io/tracingpolicies get",
+        "tracing.caas.io/tracingpolicies list",
+        "tracing.caas.io/tracingpolicies watch",
+        "tracing.caas.io/tracingpolicies patch",
+        "tracing.caas.io/tracingpolicies/status patch",
+        "tracing.caas.io/tracingpolicies/finalizers update",
+        "core/namespaces list",
+        "core/namespaces watch",
+        "apps/deployments list",
+        "apps/deployments watch",
+        "apps/deployments patch",
+        "apps/deployments create",
+        "apps/deployments delete",
+        "apps/statefulsets list",
+        "apps/statefulsets watch",
+        "apps/statefulsets patch",
+        "apps/daemonsets list",
+        "apps/daemonsets watch",
+        "apps/daemonsets patch",
+        "core/configmaps create",
+        "core/configmaps patch",
+        "core/configmaps delete",
+        "core/services create",
+        "core/services patch",
+        "core/services delete",
+        "core/secrets get",
+        "events.k8s.io/events create",
+        "events.k8s.io/events patch",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(
+        granted, expected,
+        "ClusterRole grants: change the expected set only with the operator's code"
+    );
+
+    // Every rule carries a comment saying why (the issue asks for it).
+    let template = std::fs::read_to_string(chart().join("templates/clusterrole.yaml"))
+        .expect("read clusterrole.yaml");
+    let lines: Vec<&str> = template.lines().collect();
+    for (i, _) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("- apiGroups:"))
+    {
+        assert!(
+            i > 0 && lines[i - 1].trim_start().starts_with('#'),
+            "rule at clusterrole.yaml:{} has no comment",
+            i + 1
+        );
+    }
+
+    // Leases: only the operator's own, in its namespace.
+    let lease_role: Role = one(&objects, "Role");
+    assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let lease_grants = grants(lease_role.rules.as_deref().unwrap_or_default());
+    let expected_lease: BTreeSet<String> = [
+        "coordination.k8s.io/leases create",
+        "coordination.k8s.io/leases get tracing-operator",
+        "coordination.k8s.io/leases update tracing-operator",
+        "coordination.k8s.io/leases patch tracing-operator",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(lease_grants, expected_lease);
+
+    // Both bindings give these to the ServiceAccount the pods run as.
+    let deployment: Deployment = one(&objects, "Deployment");
+    let sa = deployment
+        .spec
+        .template
+        .spec
+        .and_then(|p| p.service_account_name)
+        .expect("serviceAccountName");
+    assert!(kinds(&objects).contains(&"ServiceAccount"));
+    let crb: ClusterRoleBinding = one(&objects, "ClusterRoleBinding");
+    assert_eq!(
+        (crb.role_ref.kind.as_str(), crb.role_ref.name.as_str()),
+        (
+            "ClusterRole",
+            role.metadata.name.as_deref().unwrap_or_default()
+        )
+    );
+    let rb: RoleBinding = one(&objects, "RoleBinding");
+    assert_eq!(
+        (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+        (
+            "Role",
+            lease_role.metadata.name.as_deref().unwrap_or_default()
+        )
+    );
+    for subjects in [crb.subjects, rb.subjects] {
+        let subjects = subjects.unwrap_or_default();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, sa);
+        assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+    }
+}
+
+#[test]
+fn every_object_has_the_standard_labels() {
+    let objects = render(&[
+        "metrics.serviceMonitor.enabled=true",
+        "networkPolicy.enabled=true",
+    ]);
+    let version = chart_field("appVersion");
+    for object in &objects {
+        let labels = &object["metadata"]["labels"];
+        let what = format!("{} {}", object["kind"], object["metadata"]["name"]);
+        assert_eq!(
+            labels["app.kubernetes.io/name"], "tracing-operator",
+            "{what}"
+        );
+        assert_eq!(labels["app.kubernetes.io/instance"], RELEASE, "{what}");
+        assert_eq!(
+            labels["app.kubernetes.io/version"],
+            version.as_str(),
+            "{what}"
+        );
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{what}");
+        assert_eq!(
+            labels["app.kubernetes.io/part-of"], "tracing-operator",
+            "{what}"
+        );
+        assert_eq!(
+            labels["helm.sh/chart"],
+            format!("tracing-operator-{}", chart_field("version")).as_str(),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn metrics_service_and_service_monitor_reach_the_metrics_port() {
+    let objects = render(&[]);
+    assert!(
+        !kinds(&objects).contains(&"ServiceMonitor"),
+        "ServiceMonitor is off by default"
+    );
+    assert!(
+        !kinds(&objects).contains(&"NetworkPolicy"),
+        "NetworkPolicy is off by default"
+    );
+
+    let objects = render(&["metrics.serviceMonitor.enabled=true"]);
+    let deployment: Deployment = one(&objects, "Deployment");
+    let pod_labels = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let service: Service = one(&objects, "Service");
+    let spec = service.spec.as_ref().expect("service spec");
+    for (k, v) in spec.selector.as_ref().expect("selector") {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "Service selector {k} matches the pods"
+        );
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].name.as_deref(), Some("metrics"));
+    assert_eq!(
+        ports[0].target_port,
+        Some(IntOrString::String("metrics".into()))
+    );
+
+    let monitor = objects
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .expect("ServiceMonitor when enabled");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["namespace"], NAMESPACE);
+    let service_labels = service.metadata.labels.clone().unwrap_or_default();
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            service_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "ServiceMonitor selector {k} matches the Service"
+        );
+    }
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+}
+
+#[test]
+fn network_policy_admits_only_the_metrics_port() {
+    let objects = render(&[
+        "networkPolicy.enabled=true",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+    ]);
+    let deployment: Deployment = one(&objects, "Deployment");
+    let policy: NetworkPolicy = one(&objects, "NetworkPolicy");
+    let spec = policy.spec.expect("spec");
+    assert_eq!(
+        spec.pod_selector,
+        Some(deployment.spec.selector),
+        "the NetworkPolicy selects the operator's pods"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..]),
+        "egress (API server) stays open"
+    );
+    let ingress = spec.ingress.unwrap_or_default();
+    assert_eq!(ingress.len(), 1);
+    let ports = ingress[0].ports.clone().unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, Some(IntOrString::String("metrics".into())));
+    let from = ingress[0].from.clone().unwrap_or_default();
+    assert_eq!(from.len(), 1);
+    let selector = from[0]
+        .namespace_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .expect("namespaceSelector");
+    assert_eq!(
+        selector
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("monitoring")
+    );
+}
+
+#[test]
+fn single_replica_without_leader_election() {
+    let objects = render(&["replicaCount=1", "leaderElection.enabled=false"]);
+    let deployment: Deployment = one(&objects, "Deployment");
+    assert_eq!(deployment.spec.replicas, Some(1));
+    let args = operator_container(&deployment).args.unwrap_or_default();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--leader-elect")),
+        "{args:?}"
+    );
+    let present = kinds(&objects);
+    assert!(
+        !present.contains(&"Role") && !present.contains(&"RoleBinding"),
+        "no Lease permissions without leader election"
+    );
+    assert!(
+        !present.contains(&"PodDisruptionBudget"),
+        "a PDB for one replica would block node drains"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_the_field_named() {
+    let cases = [
+        (
+            &["leaderElection.enabled=false"][..],
+            "leaderElection.enabled",
+        ),
+        (&["replicas=3"][..], "replicas"),
+        (&["operator.logFormat=xml"][..], "logFormat"),
+        (&["operator.concurrency=0"][..], "concurrency"),
+        (
+            &[
+                "metrics.serviceMonitor.enabled=true",
+                "metrics.service.enabled=false",
+            ][..],
+            "metrics.service.enabled",
+        ),
+    ];
+    for (set, field) in cases {
+        match try_render(set) {
+            Ok(_) => panic!("helm template {set:?} should fail"),
+            Err(e) => assert!(
+                e.contains(field),
+                "error for {set:?} should name {field}:\n{e}"
+            ),
+        }
+    }
+}
