@@ -25,6 +25,12 @@ pub const ANNOTATION_PREFIX: &str = "tracing.caas.io/";
 pub const POLICY_ANNOTATION: &str = "tracing.caas.io/policy";
 /// Annotation with the hash of the tracing settings applied to a workload.
 pub const CONFIG_HASH_ANNOTATION: &str = "tracing.caas.io/config-hash";
+/// Annotation with the time (RFC 3339, UTC) the operator last changed a workload's
+/// pod template; the rollout's progress deadline counts from it.
+pub const APPLIED_AT_ANNOTATION: &str = "tracing.caas.io/applied-at";
+/// Annotation with the config hash whose rollout failed on a workload and was rolled
+/// back; that hash is not applied to the workload again.
+pub const ROLLOUT_FAILED_ANNOTATION: &str = "tracing.caas.io/rollout-failed";
 /// Server-side apply field manager, and the finalizer's prefix.
 pub const FIELD_MANAGER: &str = "tracing-operator";
 /// Finalizer that lets the operator remove what it added before a policy goes away.

@@ -14,6 +14,7 @@ use crate::api::{Placement, Protocol, TracingPolicySpec, WorkloadKind};
 pub mod collector;
 pub mod env;
 pub mod precedence;
+pub mod rollout;
 pub mod selection;
 
 /// A namespace as planning sees it.
