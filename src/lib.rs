@@ -5,4 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod plan;
+pub mod runtime;

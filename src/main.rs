@@ -1,4 +1,249 @@
+//! `tracing-operator run` reconciles TracingPolicies; `tracing-operator crd`
+//! prints the CustomResourceDefinition.
 #![forbid(unsafe_code)]
-fn main() {
-    print!("{}", tracing_operator::api::crd_yaml().expect("crd"));
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tracing::{error, info};
+
+use tracing_operator::controller::{self, Settings};
+use tracing_operator::runtime::{leader, metrics::Metrics, server, telemetry};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tracing-operator",
+    version,
+    about = "Rolls OpenTelemetry tracing out across a Kubernetes cluster from TracingPolicies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator against the cluster.
+    Run(RunArgs),
+    /// Print the TracingPolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The operator's namespace: never instrumented, and the default collector namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tracing-operator")]
+    namespace: String,
+    /// TracingPolicies reconciled at once.
+    #[arg(long, env = "TRACING_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Workload writes in flight at once within one policy's reconcile.
+    #[arg(long, env = "TRACING_OPERATOR_WRITE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    write_concurrency: u32,
+    /// Client-side limit on mutating API requests per second.
+    #[arg(long, env = "TRACING_OPERATOR_KUBE_API_QPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    kube_api_qps: u32,
+    /// Burst above the QPS limit.
+    #[arg(long, env = "TRACING_OPERATOR_KUBE_API_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    kube_api_burst: u32,
+    /// Log format.
+    #[arg(long, env = "TRACING_OPERATOR_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text)]
+    log_format: telemetry::LogFormat,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(
+        long,
+        env = "TRACING_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// Reconcile only while holding the Lease `tracing-operator` in --namespace.
+    #[arg(long, env = "TRACING_OPERATOR_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Identity in the Lease and in Events; defaults to $POD_NAME or the host name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match tracing_operator::api::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot serialize the CRD: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            let telemetry = match telemetry::init(args.log_format) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("error: initializing logging: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+            // Ends the remaining tasks (and their spans) before the exporter flushes.
+            drop(runtime);
+            drop(telemetry);
+            code
+        }
+    }
+}
+
+async fn client(args: &RunArgs) -> Result<kube::Client, String> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("loading kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no kubeconfig and not in a cluster: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("creating the Kubernetes client: {e}"))
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let client = client(&args).await?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("tracing-operator-{}", std::process::id()))
+    });
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = server::Shutdown::new();
+    let readiness = server::Readiness::default();
+    let server = tokio::spawn(server::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: finishing in-flight reconciles");
+        signal_shutdown.trigger();
+    });
+
+    let lease = if args.leader_elect {
+        let elector = leader::LeaderElector::new(
+            client.clone(),
+            &args.namespace,
+            "tracing-operator",
+            &identity,
+            Duration::from_secs(15),
+        );
+        // A standby is ready: it must count for rolling updates and the
+        // PodDisruptionBudget, or the leader it would replace could never go.
+        readiness.set_ready();
+        info!(%identity, "waiting for leadership");
+        tokio::select! {
+            acquired = elector.acquire() => acquired.map_err(|e| format!("leader election: {e}"))?,
+            () = shutdown.wait() => return Ok(()),
+        }
+        info!(%identity, "became leader");
+        // As leader, ready again once the caches have synced.
+        readiness.set_not_ready();
+        Some(elector)
+    } else {
+        None
+    };
+
+    let settings = Settings {
+        operator_namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        write_concurrency: usize::try_from(args.write_concurrency).unwrap_or(8),
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+        instance: Some(identity),
+    };
+    let stop = shutdown.clone();
+    let lost = lease.as_ref().map(|l| l.lost());
+    let controller_shutdown = async move {
+        match lost {
+            Some(lost) => tokio::select! {
+                () = stop.wait() => {},
+                () = lost => error!("lost leadership; stopping"),
+            },
+            None => stop.wait().await,
+        }
+    };
+    let ready = readiness.clone();
+    controller::run(
+        client,
+        settings,
+        metrics,
+        move || ready.set_ready(),
+        controller_shutdown,
+    )
+    .await;
+    let lost = lease.as_ref().is_some_and(|l| l.is_lost());
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    shutdown.trigger();
+    if lost {
+        // Exit non-zero so the restart (which stands by again) shows why.
+        return Err("lost the leader Lease".into());
+    }
+    if let Ok(Err(e)) = server.await {
+        return Err(format!("metrics server: {e}"));
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }
