@@ -114,7 +114,7 @@ pub struct TracingPolicySpec {
 }
 
 /// Selection of the workloads a policy applies to.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySelector {
     /// Namespaces whose labels match. Omitted: every namespace that is not excluded.
@@ -144,6 +144,20 @@ pub struct PolicySelector {
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub containers: Vec<DnsLabel>,
+}
+
+// Not derived: an omitted `selector` must default `kinds` to all three, as an
+// omitted `kinds` does (the CRD's default for `selector` is this value).
+impl Default for PolicySelector {
+    fn default() -> Self {
+        PolicySelector {
+            namespaces: None,
+            workloads: None,
+            kinds: default_kinds(),
+            exclude_namespaces: Vec::new(),
+            containers: Vec::new(),
+        }
+    }
 }
 
 /// A Kubernetes name that must be a DNS-1123 label.
