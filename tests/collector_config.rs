@@ -3,7 +3,7 @@
 //! `testbed/collector/manifest.yaml`, the same components and release as the
 //! default image).
 
-mod collector_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -167,8 +167,8 @@ fn env_references(yaml: &str) -> BTreeSet<String> {
 #[test]
 fn every_generated_config_passes_collector_validate() -> anyhow::Result<()> {
     assert!(CASES.len() >= 8);
-    let otelcol = collector_support::otelcol()?;
-    let scratch = collector_support::Scratch::new("collector-config")?;
+    let otelcol = support::otelcol()?;
+    let scratch = support::Scratch::new("collector-config")?;
     let mut failures = Vec::new();
     for case in CASES {
         let plan = plan_case(case)?;
@@ -212,8 +212,8 @@ fn every_generated_config_passes_collector_validate() -> anyhow::Result<()> {
 /// field or an exporter that is not built in is refused.
 #[test]
 fn collector_validate_rejects_broken_configs() -> anyhow::Result<()> {
-    let otelcol = collector_support::otelcol()?;
-    let scratch = collector_support::Scratch::new("collector-config-broken")?;
+    let otelcol = support::otelcol()?;
+    let scratch = support::Scratch::new("collector-config-broken")?;
     let plan = plan_case(&CASES[4])?;
     let broken = [
         (

@@ -7,7 +7,7 @@
 //!
 //! Everything listens on 127.0.0.1 only, and every process is stopped at the end.
 
-mod collector_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -613,9 +613,9 @@ fn jaeger_traces(
 
 #[test]
 fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<()> {
-    let otelcol = collector_support::otelcol()?;
-    let jaeger = collector_support::testbed_binary("jaeger")?;
-    let scratch = collector_support::Scratch::new("trace-e2e")?;
+    let otelcol = support::otelcol()?;
+    let jaeger = support::testbed_binary("jaeger")?;
+    let scratch = support::Scratch::new("trace-e2e")?;
     let dir = scratch.path();
     let spec: TracingPolicySpec = serde_saphyr::from_str(POLICY_SPEC)?;
     let start_us = std::time::SystemTime::now()
