@@ -67,9 +67,26 @@ struct RunArgs {
     /// Reconcile only while holding the Lease `tracing-operator` in --namespace.
     #[arg(long, env = "TRACING_OPERATOR_LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
+    /// How long the Lease holds after each renewal (whole seconds, at least 3s): a
+    /// standby takes over at most this long after the leader dies.
+    #[arg(long, env = "TRACING_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    lease_duration: Duration,
     /// Identity in the Lease and in Events; defaults to $POD_NAME or the host name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+}
+
+/// The Lease records whole seconds, and the leader renews every third of the
+/// duration: a fraction would be dropped, and under 3s renewals could not keep up.
+fn parse_lease_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| format!("{value:?}: {e}"))?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!("{value:?}: must be whole seconds"));
+    }
+    if duration < Duration::from_secs(3) {
+        return Err(format!("{value:?}: must be at least 3s"));
+    }
+    Ok(duration)
 }
 
 fn main() -> ExitCode {
@@ -164,7 +181,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             &args.namespace,
             "tracing-operator",
             &identity,
-            Duration::from_secs(15),
+            args.lease_duration,
         );
         // A standby is ready: it must count for rolling updates and the
         // PodDisruptionBudget, or the leader it would replace could never go.
@@ -245,5 +262,30 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_duration_is_whole_seconds_of_at_least_three() {
+        assert_eq!(parse_lease_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_lease_duration("1m"), Ok(Duration::from_secs(60)));
+        let fraction = parse_lease_duration("3500ms").unwrap_err();
+        assert!(fraction.contains("whole seconds"), "{fraction}");
+        let short = parse_lease_duration("2s").unwrap_err();
+        assert!(short.contains("at least 3s"), "{short}");
+        assert!(parse_lease_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_lease_duration_defaults_to_15s() {
+        let cli = Cli::try_parse_from(["tracing-operator", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run parses as Run");
+        };
+        assert_eq!(args.lease_duration, Duration::from_secs(15));
     }
 }
