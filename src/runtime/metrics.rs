@@ -11,7 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -47,6 +48,24 @@ struct WriteLabels {
     kind: String,
 }
 
+/// A labelled family that is described on `/metrics` (HELP and TYPE) from the
+/// start. prometheus-client leaves out a family with no series yet, so before
+/// the first error or write the errors, workloads and writes families would be
+/// missing, and dashboards and alerts could not tell "none yet" from "not
+/// exported by this version".
+#[derive(Debug)]
+struct Described<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
 /// The operator's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -73,7 +92,7 @@ impl Default for Metrics {
         registry.register(
             "reconcile_errors",
             "Failed reconciles, by error kind",
-            reconcile_errors.clone(),
+            Described(reconcile_errors.clone()),
         );
         // 10 ms .. ~41 s: a converged policy takes milliseconds, a large first apply seconds.
         let reconcile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 13));
@@ -87,13 +106,13 @@ impl Default for Metrics {
         registry.register(
             "workloads",
             "Workloads a TracingPolicy instruments, by state",
-            workloads.clone(),
+            Described(workloads.clone()),
         );
         let api_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "api_writes",
             "Mutating requests to the Kubernetes API, by verb and kind",
-            api_writes.clone(),
+            Described(api_writes.clone()),
         );
         Metrics {
             registry,
@@ -184,6 +203,25 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn every_family_is_described_before_its_first_sample() {
+        let text = Metrics::default().encode().unwrap();
+        for (family, kind) in [
+            ("tracing_operator_reconciles", "counter"),
+            ("tracing_operator_reconcile_errors", "counter"),
+            ("tracing_operator_reconcile_duration_seconds", "histogram"),
+            ("tracing_operator_workloads", "gauge"),
+            ("tracing_operator_api_writes", "counter"),
+        ] {
+            let type_line = format!("# TYPE {family} {kind}");
+            assert!(text.lines().any(|l| l == type_line), "{type_line}:\n{text}");
+        }
+        assert!(
+            !text.contains("tracing_operator_reconcile_errors_total{"),
+            "no error series before the first error: {text}"
+        );
     }
 
     #[test]
