@@ -31,6 +31,9 @@ pub const APPLIED_AT_ANNOTATION: &str = "tracing.caas.io/applied-at";
 /// Annotation with the config hash whose rollout failed on a workload and was rolled
 /// back; that hash is not applied to the workload again.
 pub const ROLLOUT_FAILED_ANNOTATION: &str = "tracing.caas.io/rollout-failed";
+/// Annotation with why that rollout failed (`Reason: message`), so status keeps
+/// reporting the cause after the rollback, across operator restarts.
+pub const ROLLOUT_FAILURE_ANNOTATION: &str = "tracing.caas.io/rollout-failure";
 /// Server-side apply field manager, and the finalizer's prefix.
 pub const FIELD_MANAGER: &str = "tracing-operator";
 /// Finalizer that lets the operator remove what it added before a policy goes away.

@@ -30,7 +30,8 @@ use k8s_openapi::jiff::Timestamp;
 use super::{WorkloadId, WorkloadPlan, WorkloadView};
 use crate::api::{
     APPLIED_AT_ANNOTATION, CONFIG_HASH_ANNOTATION, OnFailure, POLICY_ANNOTATION,
-    ROLLOUT_FAILED_ANNOTATION, RolloutSpec, RolloutStrategy, WorkloadKind,
+    ROLLOUT_FAILED_ANNOTATION, ROLLOUT_FAILURE_ANNOTATION, RolloutSpec, RolloutStrategy,
+    WorkloadKind,
 };
 
 /// Failure reason: the workload's controller runs the new template, but not every
@@ -117,6 +118,8 @@ pub struct WorkloadRollout {
     pub applied_at: Option<String>,
     /// `tracing.caas.io/rollout-failed`, when this policy's.
     pub rollout_failed: Option<String>,
+    /// `tracing.caas.io/rollout-failure`: `Reason: message` of that failure.
+    pub rollout_failure: Option<String>,
     /// What the workload's controller reports; `None` when it is not known.
     pub status: Option<RolloutStatus>,
 }
@@ -142,6 +145,7 @@ impl WorkloadRollout {
             live_hash: annotation(CONFIG_HASH_ANNOTATION),
             applied_at: annotation(APPLIED_AT_ANNOTATION),
             rollout_failed: annotation(ROLLOUT_FAILED_ANNOTATION),
+            rollout_failure: annotation(ROLLOUT_FAILURE_ANNOTATION),
             status,
         }
     }
@@ -197,7 +201,10 @@ pub enum RolloutStep {
     /// This config hash was rolled back on this workload earlier; it is not
     /// applied again until the planned hash changes. Counts as failed; holds a
     /// slot while the rollback is still replacing pods (see `RollBack`).
-    RolledBack { message: String },
+    RolledBack {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl RolloutStep {
@@ -207,7 +214,7 @@ impl RolloutStep {
             RolloutStep::Failed { reason, message } | RolloutStep::RollBack { reason, message } => {
                 Some((*reason, message.as_str()))
             }
-            RolloutStep::RolledBack { message } => Some((REASON_ROLLED_BACK, message.as_str())),
+            RolloutStep::RolledBack { reason, message } => Some((*reason, message.as_str())),
             _ => None,
         }
     }
@@ -292,6 +299,7 @@ enum Class {
         message: String,
     },
     RolledBack {
+        reason: &'static str,
         message: String,
         holds_slot_until: Option<Timestamp>,
     },
@@ -414,13 +422,14 @@ pub fn plan_rollout(
                 OnFailure::Pause | OnFailure::Continue => RolloutStep::Failed { reason, message },
             },
             Class::RolledBack {
+                reason,
                 message,
                 holds_slot_until,
             } => {
                 if let Some(t) = holds_slot_until {
                     earliest(t);
                 }
-                RolloutStep::RolledBack { message }
+                RolloutStep::RolledBack { reason, message }
             }
         };
         counts.total += 1;
@@ -488,12 +497,10 @@ fn classify(
     }
     let holds_slot_until = holds_slot_until(complete, since, now, after_deadline);
     if w.rollout_failed.as_deref() == Some(w.planned_hash.as_str()) {
+        let (reason, message) = recorded_failure(w.rollout_failure.as_deref(), &w.planned_hash);
         return Class::RolledBack {
-            message: format!(
-                "config {} did not roll out within the progress deadline and was rolled back; \
-                 it is applied again only when this workload's settings change",
-                w.planned_hash
-            ),
+            reason,
+            message: rolled_back_message(&message),
             holds_slot_until,
         };
     }
@@ -550,12 +557,16 @@ pub fn applied_annotations(
 }
 
 /// The operator's annotations on a workload whose rollout of `failed_hash` is
-/// rolled back at `now`: what the rollback apply writes, with no env (`RollBack`).
-/// The policy annotation stays so the workload is still this policy's (deleting
-/// the policy cleans it up); applied-at times the rollback's own rollout.
+/// rolled back at `now` because of `reason`/`message` (from the `RollBack` step):
+/// what the rollback apply writes, with no env. The policy annotation stays so
+/// the workload is still this policy's (deleting the policy cleans it up);
+/// applied-at times the rollback's own rollout; the failure is recorded so status
+/// keeps its cause.
 pub fn rollback_annotations(
     policy: &str,
     failed_hash: &str,
+    reason: &str,
+    message: &str,
     now: Timestamp,
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -564,8 +575,33 @@ pub fn rollback_annotations(
             ROLLOUT_FAILED_ANNOTATION.to_string(),
             failed_hash.to_string(),
         ),
+        (
+            ROLLOUT_FAILURE_ANNOTATION.to_string(),
+            format!("{reason}: {message}"),
+        ),
         (APPLIED_AT_ANNOTATION.to_string(), format_applied_at(now)),
     ])
+}
+
+/// The status message of a rolled-back workload, the same in the reconcile that
+/// rolls it back and in every later one (so status does not change between them).
+pub fn rolled_back_message(message: &str) -> String {
+    format!("{message}; rolled back, and applied again only when this workload's settings change")
+}
+
+/// The reason and message a rollback recorded; a missing or unknown record reads
+/// as `RolledBack` with a message naming the config.
+fn recorded_failure(note: Option<&str>, hash: &str) -> (&'static str, String) {
+    let known = [REASON_PODS_NOT_READY, REASON_DEADLINE_EXCEEDED];
+    if let Some((reason, message)) = note.and_then(|n| n.split_once(": ")) {
+        if let Some(reason) = known.into_iter().find(|k| *k == reason) {
+            return (reason, message.to_string());
+        }
+    }
+    (
+        REASON_ROLLED_BACK,
+        format!("config {hash} did not roll out within the progress deadline"),
+    )
 }
 
 /// `N/M workloads rolled out`.
@@ -665,6 +701,7 @@ mod tests {
             live_hash: Some(hash),
             applied_at: applied_at.map(str::to_string),
             rollout_failed: None,
+            rollout_failure: None,
             status: Some(status),
         }
     }
@@ -678,6 +715,7 @@ mod tests {
             live_hash: None,
             applied_at: None,
             rollout_failed: None,
+            rollout_failure: None,
             status: Some(complete(2)),
         }
     }
@@ -846,8 +884,8 @@ mod tests {
                         &planned.containers[0].env,
                         now,
                     ),
-                    RolloutStep::RollBack { .. } => w.operator_apply(
-                        rollback_annotations(POLICY, &planned.config_hash, now),
+                    RolloutStep::RollBack { reason, message } => w.operator_apply(
+                        rollback_annotations(POLICY, &planned.config_hash, reason, message, now),
                         &[],
                         now,
                     ),
@@ -1264,9 +1302,10 @@ mod tests {
             step_of(&plan, &a.view.id),
             RolloutStep::RolledBack { .. }
         ));
+        // Status keeps the cause the rollback recorded on the workload.
         assert_eq!(
             step_of(&plan, &a.view.id).failure().map(|f| f.0),
-            Some(REASON_ROLLED_BACK)
+            Some(REASON_PODS_NOT_READY)
         );
         // Applied once, rolled back once, never applied again; its template is the user's again.
         assert_eq!(a.template_changes, 2);
@@ -1600,16 +1639,23 @@ mod tests {
         );
         assert_eq!(applied.len(), 3);
         // No config hash: the rollback apply releases it along with the env.
-        let rollback = rollback_annotations(POLICY, "abc", now);
+        let rollback = rollback_annotations(POLICY, "abc", REASON_PODS_NOT_READY, "0/2 ready", now);
         let keys: Vec<&str> = rollback.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
             [
                 APPLIED_AT_ANNOTATION,
                 POLICY_ANNOTATION,
-                ROLLOUT_FAILED_ANNOTATION
+                ROLLOUT_FAILED_ANNOTATION,
+                ROLLOUT_FAILURE_ANNOTATION
             ]
         );
+        // The recorded cause is what status reports after the rollback.
+        let recorded = recorded_failure(rollback.get(ROLLOUT_FAILURE_ANNOTATION).map(String::as_str), "abc");
+        assert_eq!(recorded, (REASON_PODS_NOT_READY, "0/2 ready".to_string()));
+        let unknown = recorded_failure(Some("garbage"), "abc");
+        assert_eq!(unknown.0, REASON_ROLLED_BACK);
+        assert!(unknown.1.contains("abc"));
         assert_eq!(
             rollback.get(ROLLOUT_FAILED_ANNOTATION).map(String::as_str),
             Some("abc")
