@@ -1,0 +1,801 @@
+//! The OpenTelemetry Collectors of a policy in the cluster: for every collector
+//! namespace, check the Secrets the collector reads, plan it
+//! ([`crate::plan::collector`]) and server-side apply its ConfigMap, Service and
+//! Deployment when (and only when) the cached objects differ from the plan;
+//! delete the collectors the policy no longer wants.
+//!
+//! Secrets are read one at a time by name (`get`), never listed or watched: the
+//! operator only learns whether a Secret the policy names exists and which keys
+//! it has. The collector objects are cached by watches restricted to the label
+//! `app.kubernetes.io/managed-by=tracing-operator`, so only the operator's own
+//! objects are held in memory.
+//!
+//! A collector that cannot start (a missing Secret or key, a header key that is
+//! not a header name) is neither created nor updated, and the namespaces it
+//! would serve are left out of [`CollectorOutcome::serving`]: the reconcile
+//! points no workload there at it. In DryRun nothing is written; the problems
+//! and status are still reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::Context;
+use super::cache::MANAGED_BY_LABEL;
+use super::status::Problem;
+use crate::api::{
+    CollectorStatus, FIELD_MANAGER, Mode, POLICY_ANNOTATION, Placement, TracingPolicy,
+    TracingPolicySpec,
+};
+use crate::plan::collector::{
+    CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, config_hash, plan_collector,
+    referenced_secrets,
+};
+use crate::plan::{PolicyPlan, collector_name, collector_namespace, export_target};
+
+/// Annotation on each collector object: a hash of everything the operator applies
+/// to it. A changed intent (including a field the operator stops setting) changes
+/// the hash, so the comparison with the cache sees it even where the stored
+/// object cannot show it.
+pub const APPLIED_HASH_ANNOTATION: &str = "tracing.caas.io/applied-hash";
+
+/// At most this many collector problems are listed in the status; the rest are counted.
+pub const MAX_PROBLEMS: usize = 5;
+
+/// How soon a policy whose collector has a problem is looked at again: Secrets
+/// are not watched, so creating the missing one is noticed by this retry.
+pub const RETRY: Duration = Duration::from_secs(15);
+
+/// How long the key names of a Secret that was found are reused before it is
+/// read again.
+pub const SECRET_TTL: Duration = Duration::from_secs(60);
+
+/// Reader handles of the caches of the operator's collector objects.
+#[derive(Clone)]
+pub struct CollectorStores {
+    pub config_maps: Store<ConfigMap>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    /// Key names of the Secrets collectors read.
+    pub secret_keys: SecretKeys,
+}
+
+/// Key names of Secrets found in the last [`SECRET_TTL`], by namespace and name.
+/// Every workload change reconciles every policy, so without it a busy cluster
+/// would GET the same Secrets many times a second. A Secret that was missing is
+/// never remembered: creating it is seen on the next retry.
+#[derive(Clone, Default)]
+pub struct SecretKeys(Arc<Mutex<HashMap<SecretId, KeysRead>>>);
+
+/// Namespace and name of a Secret.
+type SecretId = (String, String);
+/// When a Secret was read, and its key names.
+type KeysRead = (Instant, BTreeSet<String>);
+
+impl SecretKeys {
+    pub fn get(&self, ns: &str, name: &str, now: Instant) -> Option<BTreeSet<String>> {
+        let map = self.0.lock().ok()?;
+        let (read, keys) = map.get(&(ns.to_string(), name.to_string()))?;
+        (now.duration_since(*read) < SECRET_TTL).then(|| keys.clone())
+    }
+
+    pub fn put(&self, ns: &str, name: &str, keys: BTreeSet<String>, now: Instant) {
+        if let Ok(mut map) = self.0.lock() {
+            map.retain(|_, (read, _)| now.duration_since(*read) < SECRET_TTL);
+            map.insert((ns.to_string(), name.to_string()), (now, keys));
+        }
+    }
+
+    pub fn forget(&self, ns: &str, name: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+}
+
+impl CollectorStores {
+    pub async fn wait_until_ready(
+        &self,
+    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        self.config_maps.wait_until_ready().await?;
+        self.deployments.wait_until_ready().await?;
+        self.services.wait_until_ready().await
+    }
+}
+
+/// What the collectors of one policy mean for the rest of the reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CollectorOutcome {
+    /// Why a collector is not as planned; the policy is `Degraded` while any lasts.
+    pub problems: Vec<Problem>,
+    /// `status.collector`; `None` when the collector is disabled.
+    pub status: Option<CollectorStatus>,
+    /// Selected namespaces whose workloads may be pointed at their export target:
+    /// every selected namespace when the collector is off, else those whose
+    /// collector was planned (and, in Enforce, applied) without a problem.
+    pub serving: BTreeSet<String>,
+}
+
+impl CollectorOutcome {
+    /// When to look again sooner than the resync: while a collector has a problem.
+    pub fn requeue_after(&self) -> Option<Duration> {
+        (!self.problems.is_empty()).then_some(RETRY)
+    }
+}
+
+/// The label selector of the collector watches: only the operator's own objects.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default()
+        .any_semantic()
+        .labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
+}
+
+/// Starts the three trimmed, reflected collector watches. The stream yields `()`
+/// whenever one of the objects changes or is deleted, so the policies reconcile
+/// (a deleted or edited collector is put back; `readyReplicas` follows its pods).
+pub fn watch(client: &Client) -> (CollectorStores, impl Stream<Item = ()> + Send + 'static) {
+    let (config_maps, cm) = reflected::<ConfigMap>(client, trim_config_map);
+    let (deployments, deploy) = reflected::<Deployment>(client, trim_deployment);
+    let (services, svc) = reflected::<Service>(client, trim_service);
+    (
+        CollectorStores {
+            config_maps,
+            deployments,
+            services,
+            secret_keys: SecretKeys::default(),
+        },
+        stream::select_all([cm, deploy, svc]),
+    )
+}
+
+fn reflected<K>(
+    client: &Client,
+    trim: fn(&mut K),
+) -> (Store<K>, futures::stream::BoxStream<'static, ()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = watcher(Api::<K>::all(client.clone()), watch_config())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .filter_map(|event| async move {
+            match event {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => Some(()),
+                Ok(_) => None,
+                Err(error) => {
+                    warn!(%error, kind = %K::kind(&()), "collector watch error");
+                    None
+                }
+            }
+        })
+        .boxed();
+    (store, stream)
+}
+
+/// Keeps identity, labels, annotations, owner references and what the
+/// comparison needs; drops `managedFields`, the largest part of a small object.
+fn trim_meta(meta: &mut ObjectMeta) {
+    let mut annotations = meta.annotations.take();
+    if let Some(a) = annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        labels: meta.labels.take(),
+        annotations,
+        owner_references: meta.owner_references.take(),
+        resource_version: meta.resource_version.take(),
+        generation: meta.generation.take(),
+        ..ObjectMeta::default()
+    };
+}
+
+pub fn trim_config_map(cm: &mut ConfigMap) {
+    trim_meta(&mut cm.metadata);
+    cm.binary_data = None;
+}
+
+pub fn trim_deployment(d: &mut Deployment) {
+    trim_meta(&mut d.metadata);
+    if let Some(status) = d.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
+pub fn trim_service(s: &mut Service) {
+    trim_meta(&mut s.metadata);
+    s.status = None;
+}
+
+/// The apply configuration of one collector object: the planned object with the
+/// hash of itself in [`APPLIED_HASH_ANNOTATION`].
+pub fn apply_body<K: Serialize>(object: &K) -> Result<Value, serde_json::Error> {
+    let mut body = serde_json::to_value(object)?;
+    let hash = config_hash(&body.to_string());
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash));
+        }
+    }
+    Ok(body)
+}
+
+/// The live object already carries exactly the apply configuration `desired`:
+/// its [`APPLIED_HASH_ANNOTATION`] is the one `desired` carries (so the operator's
+/// intent has not changed since it was applied), and every field `desired` sets
+/// is in `live` with the value the API server stores for it (so nobody changed
+/// one since). Fields `live` has beyond those (server defaults, other managers'
+/// additions) are ignored: the operator does not own them. When this holds the
+/// controller writes nothing.
+pub fn is_current(desired: &Value, live: &Value) -> bool {
+    let hash = |v: &Value| -> Option<String> {
+        v.get("metadata")?
+            .get("annotations")?
+            .get(APPLIED_HASH_ANNOTATION)?
+            .as_str()
+            .map(str::to_string)
+    };
+    hash(desired).is_some()
+        && hash(desired) == hash(live)
+        && contains(desired, Some(live), Scope::Plain)
+}
+
+/// Where in an object a value sits, for the few places the API server stores a
+/// value in another spelling.
+#[derive(Clone, Copy, PartialEq)]
+enum Scope {
+    Plain,
+    /// Inside `resources`.
+    Resources,
+    /// Inside `resources.requests` or `resources.limits`: quantities.
+    Quantities,
+}
+
+/// `live` holds `desired` in its stored form: objects field by field; lists of
+/// objects element by element in any order (lists the operator applies are keyed
+/// by name, and another manager may add entries); other lists exactly; quantities
+/// by value. An empty value (null, "", {}, []) matches a missing field: the API
+/// server drops those.
+fn contains(desired: &Value, live: Option<&Value>, scope: Scope) -> bool {
+    difference(desired, live, scope).is_none()
+}
+
+/// The path of the first field of `desired` that `live` does not hold (see
+/// [`contains`]), for the log line of an apply.
+pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
+    difference(desired, Some(live), Scope::Plain)
+}
+
+fn difference(desired: &Value, live: Option<&Value>, scope: Scope) -> Option<String> {
+    let empty = match desired {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    let Some(live) = live else {
+        return (!empty).then(String::new);
+    };
+    let same = match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => {
+            return want.iter().find_map(|(key, value)| {
+                let inner = match (scope, key.as_str()) {
+                    (Scope::Quantities, _) => Scope::Quantities,
+                    (_, "resources") => Scope::Resources,
+                    (Scope::Resources, "requests" | "limits") => Scope::Quantities,
+                    _ => Scope::Plain,
+                };
+                difference(value, have.get(key), inner).map(|path| format!(".{key}{path}"))
+            });
+        }
+        (Value::Array(want), Value::Array(have)) if want.iter().all(Value::is_object) => {
+            return want.iter().enumerate().find_map(|(i, w)| {
+                let found = have.iter().any(|h| contains(w, Some(h), scope));
+                (!found).then(|| format!("[{i}]"))
+            });
+        }
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len()
+                && want
+                    .iter()
+                    .zip(have)
+                    .all(|(w, h)| contains(w, Some(h), scope))
+        }
+        (Value::String(want), Value::String(have)) if scope == Scope::Quantities => {
+            want == have || quantity_nanos(want).is_some_and(|w| Some(w) == quantity_nanos(have))
+        }
+        (want, have) => want == have || (empty && have.is_null()),
+    };
+    (!same).then(String::new)
+}
+
+/// A resource quantity (`500m`, `0.5`, `1Gi`, `1e3`) in units of 10⁻⁹, the
+/// precision the API server keeps; `None` for anything else.
+pub fn quantity_nanos(s: &str) -> Option<i128> {
+    let s = s.trim();
+    let (negative, s) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(end);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let digits = format!("{whole}{fraction}");
+    let mantissa: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    let (decimal, binary): (i32, u32) = match suffix {
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "" => (0, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        exp if exp.starts_with(['e', 'E']) => (exp[1..].parse().ok()?, 0),
+        _ => return None,
+    };
+    let fraction_len = i32::try_from(fraction.len()).ok()?;
+    let exponent = 9 + decimal - fraction_len;
+    let scaled = mantissa.checked_mul(1i128.checked_shl(binary)?)?;
+    let nanos = if exponent >= 0 {
+        scaled.checked_mul(10i128.checked_pow(u32::try_from(exponent).ok()?)?)?
+    } else {
+        // Below a nano the API server rounds up.
+        let divisor = 10i128.checked_pow(exponent.unsigned_abs())?;
+        (scaled + divisor - 1) / divisor
+    };
+    Some(if negative { -nanos } else { nanos })
+}
+
+/// Brings the collectors of `policy` to what `plan` needs and says which
+/// namespaces they serve. Never fails: what goes wrong is a [`Problem`].
+pub async fn reconcile(
+    ctx: &Arc<Context>,
+    policy: &TracingPolicy,
+    plan: &PolicyPlan,
+) -> CollectorOutcome {
+    let name = policy.name_any();
+    let spec = &policy.spec;
+    let enforce = spec.mode == Mode::Enforce;
+    let operator_ns = ctx.settings.operator_namespace.as_str();
+    let wanted = collector_namespaces(spec, operator_ns, &plan.selected_namespaces);
+
+    let mut problems = Vec::new();
+    if enforce {
+        problems.extend(delete_unwanted(ctx, &name, &wanted).await);
+    }
+    if !spec.collector.enabled {
+        return CollectorOutcome {
+            problems,
+            status: None,
+            serving: plan.selected_namespaces.iter().cloned().collect(),
+        };
+    }
+
+    let owner = policy.controller_owner_ref(&());
+    let owner = owner.as_ref();
+    let known = ctx.stores.namespace_views();
+    let name = name.as_str();
+    let results: Vec<(String, Vec<Problem>)> = stream::iter(wanted.iter())
+        .map(|ns| {
+            let exists = known.contains_key(ns);
+            async move {
+                let problems = if exists {
+                    ensure(ctx, name, spec, ns, owner, enforce).await
+                } else {
+                    vec![missing_namespace(spec, ns)]
+                };
+                (ns.clone(), problems)
+            }
+        })
+        .buffer_unordered(ctx.settings.write_concurrency.max(1))
+        // Boxed so the Send check sees concrete lifetimes (rust-lang/rust#110338).
+        .boxed()
+        .collect()
+        .await;
+
+    let mut healthy = BTreeSet::new();
+    let mut collector_problems = Vec::new();
+    for (ns, p) in results {
+        if p.is_empty() {
+            healthy.insert(ns);
+        } else {
+            collector_problems.extend(p);
+        }
+    }
+    collector_problems.sort_by(|a, b| (a.reason, &a.message).cmp(&(b.reason, &b.message)));
+    problems.extend(bounded(collector_problems));
+
+    let serving = plan
+        .selected_namespaces
+        .iter()
+        .filter(|ns| healthy.contains(&collector_namespace(spec, operator_ns, ns)))
+        .cloned()
+        .collect();
+    let ready_replicas = wanted
+        .iter()
+        .filter_map(|ns| {
+            ctx.stores
+                .collectors
+                .deployments
+                .get(&ObjectRef::new(&collector_name(name)).within(ns))
+        })
+        .filter_map(|d| d.status.as_ref().and_then(|s| s.ready_replicas))
+        .sum();
+    CollectorOutcome {
+        problems,
+        status: Some(CollectorStatus {
+            endpoint: status_endpoint(name, spec, operator_ns),
+            ready_replicas,
+        }),
+        serving,
+    }
+}
+
+/// The namespaces that should run a collector of this policy: none when it is
+/// disabled, the central one, or every selected namespace.
+pub fn collector_namespaces(
+    spec: &TracingPolicySpec,
+    operator_namespace: &str,
+    selected: &[String],
+) -> BTreeSet<String> {
+    if !spec.collector.enabled {
+        return BTreeSet::new();
+    }
+    match spec.collector.placement {
+        Placement::Central => BTreeSet::from([collector_namespace(spec, operator_namespace, "")]),
+        Placement::PerNamespace => selected.iter().cloned().collect(),
+    }
+}
+
+/// `status.collector.endpoint`: the one endpoint of a central collector, or the
+/// pattern of the per-namespace ones with `<namespace>` in place of the namespace.
+pub fn status_endpoint(policy: &str, spec: &TracingPolicySpec, operator_namespace: &str) -> String {
+    export_target(policy, spec, operator_namespace, "<namespace>").endpoint
+}
+
+/// Keeps the first [`MAX_PROBLEMS`] problems and counts the rest in one more.
+fn bounded(mut problems: Vec<Problem>) -> Vec<Problem> {
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        let reason = problems[MAX_PROBLEMS].reason;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(Problem {
+            reason,
+            message: format!("and {more} more collector problems"),
+        });
+    }
+    problems
+}
+
+fn missing_namespace(spec: &TracingPolicySpec, ns: &str) -> Problem {
+    let field = if spec.collector.namespace.is_some() {
+        "spec.collector.namespace"
+    } else {
+        "the operator's namespace (spec.collector.namespace is not set)"
+    };
+    Problem {
+        reason: "CollectorNamespaceNotFound",
+        message: format!(
+            "{field}: namespace {ns} does not exist; the collector is not deployed and workloads are left as they are"
+        ),
+    }
+}
+
+/// The reason a planning error is reported under.
+pub fn error_reason(error: &CollectorError) -> &'static str {
+    match error {
+        CollectorError::MissingHeadersSecret { .. } => "SecretNotFound",
+        CollectorError::HeaderKeyCollision { .. } => "HeaderKeyCollision",
+        CollectorError::InvalidHeaderKey { .. } => "InvalidHeaderKey",
+        CollectorError::InvalidDuration(_) => "InvalidDuration",
+        CollectorError::Render(_) => "CollectorConfigInvalid",
+    }
+}
+
+/// What the collector in `ns` would leave undone, appended to a problem's message.
+fn consequence(ns: &str) -> String {
+    format!(
+        "the collector in {ns} is not deployed or updated, and the workloads it serves are left as they are"
+    )
+}
+
+/// Reads the Secrets the collector in `ns` needs, by name (or from `cache`).
+/// Returns the key names of the header Secrets, or the problems (a Secret or key
+/// that is missing).
+async fn read_secrets(
+    client: &Client,
+    cache: &SecretKeys,
+    spec: &TracingPolicySpec,
+    ns: &str,
+) -> Result<HeaderSecretKeys, Vec<Problem>> {
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let now = Instant::now();
+    let mut keys: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut headers = HeaderSecretKeys::new();
+    for secret in referenced_secrets(spec) {
+        if !keys.contains_key(&secret.name) {
+            let cached = cache.get(ns, &secret.name, now);
+            let read = match cached {
+                Some(k) => Ok(Some(k)),
+                None => api
+                    .get_opt(&secret.name)
+                    .await
+                    .map(|found| found.map(|s| s.data.unwrap_or_default().into_keys().collect())),
+            };
+            let found: Option<BTreeSet<String>> = match read {
+                Ok(found) => found,
+                Err(error) => {
+                    problems.push(Problem {
+                        reason: "SecretUnreadable",
+                        message: format!(
+                            "{}: reading Secret {ns}/{}: {error}; {}",
+                            secret.field,
+                            secret.name,
+                            consequence(ns)
+                        ),
+                    });
+                    continue;
+                }
+            };
+            match &found {
+                Some(k) => cache.put(ns, &secret.name, k.clone(), now),
+                None => cache.forget(ns, &secret.name),
+            }
+            keys.insert(secret.name.clone(), found);
+        }
+        match (keys.get(&secret.name).and_then(Option::as_ref), &secret.key) {
+            (None, _) => problems.push(Problem {
+                reason: "SecretNotFound",
+                message: format!(
+                    "{}: Secret {ns}/{} does not exist; {}",
+                    secret.field,
+                    secret.name,
+                    consequence(ns)
+                ),
+            }),
+            (Some(present), Some(key)) if !present.contains(key) => {
+                // Read it again on the retry: the key may be added to it.
+                cache.forget(ns, &secret.name);
+                problems.push(Problem {
+                    reason: "SecretKeyNotFound",
+                    message: format!(
+                        "{}: Secret {ns}/{} has no key {key:?}; {}",
+                        secret.field,
+                        secret.name,
+                        consequence(ns)
+                    ),
+                });
+            }
+            (Some(present), None) => {
+                headers.insert(secret.name.clone(), present.clone());
+            }
+            (Some(_), Some(_)) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(headers)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Plans the collector in `ns` and, in Enforce, applies whichever of its three
+/// objects differ from the cache. An empty result means it may serve workloads.
+async fn ensure(
+    ctx: &Arc<Context>,
+    policy: &str,
+    spec: &TracingPolicySpec,
+    ns: &str,
+    owner: Option<&OwnerReference>,
+    enforce: bool,
+) -> Vec<Problem> {
+    let header_secret_keys =
+        match read_secrets(&ctx.client, &ctx.stores.collectors.secret_keys, spec, ns).await {
+            Ok(keys) => keys,
+            Err(problems) => return problems,
+        };
+    let plan = match plan_collector(&CollectorInput {
+        policy,
+        spec,
+        namespace: ns,
+        header_secret_keys: &header_secret_keys,
+        owner,
+    }) {
+        Ok(plan) => plan,
+        Err(error) => {
+            return vec![Problem {
+                reason: error_reason(&error),
+                message: format!("{error}; {}", consequence(ns)),
+            }];
+        }
+    };
+    if !enforce {
+        return Vec::new();
+    }
+    // The ConfigMap and Service first, so the new pods find their configuration.
+    let stores = &ctx.stores.collectors;
+    let mut problems = Vec::new();
+    let CollectorPlan {
+        config_map,
+        service,
+        deployment,
+        ..
+    } = plan;
+    problems.extend(converge(ctx, &stores.config_maps, &config_map).await);
+    problems.extend(converge(ctx, &stores.services, &service).await);
+    if problems.is_empty() {
+        problems.extend(converge(ctx, &stores.deployments, &deployment).await);
+    }
+    problems
+}
+
+/// Applies `desired` unless the cached object already carries it.
+async fn converge<K>(ctx: &Arc<Context>, store: &Store<K>, desired: &K) -> Option<Problem>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let name = desired.name_any();
+    let ns = desired.namespace().unwrap_or_default();
+    let failed = |message: String| Problem {
+        reason: "CollectorApplyFailed",
+        message,
+    };
+    let body = match apply_body(desired) {
+        Ok(body) => body,
+        Err(error) => return Some(failed(format!("serializing {kind} {ns}/{name}: {error}"))),
+    };
+    let live = store
+        .get(&ObjectRef::new(&name).within(&ns))
+        .and_then(|l| serde_json::to_value(l.as_ref()).ok());
+    if live.as_ref().is_some_and(|l| is_current(&body, l)) {
+        return None;
+    }
+    // What differs, for the log: a missing object, a changed intent or a changed field.
+    let why = match &live {
+        None => "absent".to_string(),
+        Some(l) => first_difference(&body, l).map_or_else(
+            || APPLIED_HASH_ANNOTATION.to_string(),
+            |path| format!("{path} differs"),
+        ),
+    };
+    ctx.limiter.until_ready().await;
+    ctx.metrics.api_write("patch", &kind);
+    let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
+    // Force: these objects are entirely the operator's; a field someone else
+    // took over is taken back.
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(%kind, namespace = %ns, %name, %why, "applied collector object");
+            None
+        }
+        Err(error) => Some(failed(format!("applying {kind} {ns}/{name}: {error}"))),
+    }
+}
+
+/// Deletes this policy's collector objects outside `wanted`.
+async fn delete_unwanted(
+    ctx: &Arc<Context>,
+    policy: &str,
+    wanted: &BTreeSet<String>,
+) -> Vec<Problem> {
+    let name = collector_name(policy);
+    let stores = &ctx.stores.collectors;
+    let mut problems = Vec::new();
+    for ns in unwanted(&stores.config_maps, policy, wanted) {
+        problems.extend(delete::<ConfigMap>(ctx, &ns, &name).await);
+    }
+    for ns in unwanted(&stores.services, policy, wanted) {
+        problems.extend(delete::<Service>(ctx, &ns, &name).await);
+    }
+    for ns in unwanted(&stores.deployments, policy, wanted) {
+        problems.extend(delete::<Deployment>(ctx, &ns, &name).await);
+    }
+    problems
+}
+
+/// Namespaces of cached collector objects of `policy` that are not `wanted`.
+pub fn unwanted<K>(store: &Store<K>, policy: &str, wanted: &BTreeSet<String>) -> Vec<String>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let name = collector_name(policy);
+    let mut out: Vec<String> = store
+        .state()
+        .iter()
+        .filter(|o| o.labels().get(POLICY_ANNOTATION).map(String::as_str) == Some(policy))
+        .filter(|o| o.meta().name.as_deref() == Some(name.as_str()))
+        .filter_map(|o| o.namespace())
+        .filter(|ns| !wanted.contains(ns))
+        .collect();
+    out.sort();
+    out
+}
+
+async fn delete<K>(ctx: &Arc<Context>, ns: &str, name: &str) -> Option<Problem>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    ctx.limiter.until_ready().await;
+    ctx.metrics.api_write("delete", &kind);
+    match Api::<K>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {
+            info!(%kind, namespace = %ns, %name, "deleted collector object the policy no longer wants");
+            None
+        }
+        Err(kube::Error::Api(status)) if status.is_not_found() => None,
+        Err(error) => Some(Problem {
+            reason: "CollectorDeleteFailed",
+            message: format!("deleting {kind} {ns}/{name}: {error}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;
