@@ -6,6 +6,7 @@
 //! the operator owns, which removes exactly what it added and nothing the user
 //! owns. Applies are never forced: a user's field is never taken over.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -14,11 +15,16 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::Context;
-use crate::api::{CONFIG_HASH_ANNOTATION, FIELD_MANAGER, POLICY_ANNOTATION, WorkloadKind};
+use crate::api::{FIELD_MANAGER, WorkloadKind};
 use crate::plan::{WorkloadId, WorkloadPlan};
 
-/// The apply configuration carrying a workload plan.
-pub fn apply_body(id: &WorkloadId, policy: &str, plan: &WorkloadPlan) -> Value {
+/// The apply configuration carrying a workload plan and the operator's
+/// annotations (policy, config hash, applied-at; see `plan::rollout`).
+pub fn apply_body(
+    id: &WorkloadId,
+    plan: &WorkloadPlan,
+    annotations: &BTreeMap<String, String>,
+) -> Value {
     let containers: Vec<Value> = plan
         .containers
         .iter()
@@ -27,15 +33,19 @@ pub fn apply_body(id: &WorkloadId, policy: &str, plan: &WorkloadPlan) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": id.kind.as_str(),
-        "metadata": {
-            "name": id.name,
-            "namespace": id.namespace,
-            "annotations": {
-                POLICY_ANNOTATION: policy,
-                CONFIG_HASH_ANNOTATION: plan.config_hash,
-            }
-        },
+        "metadata": { "name": id.name, "namespace": id.namespace, "annotations": annotations },
         "spec": { "template": { "spec": { "containers": containers } } }
+    })
+}
+
+/// The rollback apply configuration: only the operator's annotations, no env, so
+/// server-side apply removes every env entry the operator added and the pod
+/// template returns to what it was before the policy.
+pub fn rollback_body(id: &WorkloadId, annotations: &BTreeMap<String, String>) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": id.kind.as_str(),
+        "metadata": { "name": id.name, "namespace": id.namespace, "annotations": annotations }
     })
 }
 
@@ -80,16 +90,28 @@ pub async fn apply(ctx: &Arc<Context>, id: &WorkloadId, body: &Value) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{
+        APPLIED_AT_ANNOTATION, CONFIG_HASH_ANNOTATION, POLICY_ANNOTATION, ROLLOUT_FAILED_ANNOTATION,
+    };
     use crate::plan::ContainerPlan;
+    use crate::plan::rollout::{applied_annotations, rollback_annotations};
     use k8s_openapi::api::core::v1::EnvVar;
+    use k8s_openapi::jiff::Timestamp;
 
-    #[test]
-    fn apply_body_names_only_the_operators_fields() {
-        let id = WorkloadId {
+    fn id() -> WorkloadId {
+        WorkloadId {
             namespace: "caas-auth".into(),
             kind: WorkloadKind::StatefulSet,
             name: "auth".into(),
-        };
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_750_000_000).expect("valid time")
+    }
+
+    #[test]
+    fn apply_body_names_only_the_operators_fields() {
         let plan = WorkloadPlan {
             service_name: "auth".into(),
             containers: vec![ContainerPlan {
@@ -103,32 +125,47 @@ mod tests {
             }],
             config_hash: "0123456789abcdef".into(),
         };
-        let body = apply_body(&id, "caas-production", &plan);
+        let body = apply_body(
+            &id(),
+            &plan,
+            &applied_annotations("caas-production", &plan.config_hash, now()),
+        );
         assert_eq!(body["kind"], "StatefulSet");
-        assert_eq!(
-            body["metadata"]["annotations"][POLICY_ANNOTATION],
-            "caas-production"
-        );
-        assert_eq!(
-            body["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
-            "0123456789abcdef"
-        );
-        assert_eq!(
-            body["spec"]["template"]["spec"]["containers"][0]["name"],
-            "app"
-        );
-        assert_eq!(
-            body["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
-            "auth"
-        );
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(annotations[POLICY_ANNOTATION], "caas-production");
+        assert_eq!(annotations[CONFIG_HASH_ANNOTATION], "0123456789abcdef");
+        assert_eq!(annotations[APPLIED_AT_ANNOTATION], "2025-06-15T15:06:40Z");
+        assert_eq!(annotations.as_object().map(|o| o.len()), Some(3));
+        let container = &body["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["name"], "app");
+        assert_eq!(container["env"][0]["value"], "auth");
         // Nothing else: no selector, no image, no replicas.
         assert_eq!(body["spec"].as_object().map(|o| o.len()), Some(1));
-        assert_eq!(
-            body["spec"]["template"]["spec"]["containers"][0]
-                .as_object()
-                .map(|o| o.len()),
-            Some(2)
+        assert_eq!(container.as_object().map(|o| o.len()), Some(2));
+    }
+
+    #[test]
+    fn rollback_body_keeps_only_the_failure_record() {
+        let annotations = rollback_annotations(
+            "caas-production",
+            "0123456789abcdef",
+            "PodsNotReady",
+            "0/1 replicas available",
+            now(),
         );
+        let body = rollback_body(&id(), &annotations);
+        assert!(
+            body.get("spec").is_none(),
+            "no env: every entry the operator added goes"
+        );
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(annotations[ROLLOUT_FAILED_ANNOTATION], "0123456789abcdef");
+        assert_eq!(annotations[POLICY_ANNOTATION], "caas-production");
+        assert_eq!(
+            annotations[crate::api::ROLLOUT_FAILURE_ANNOTATION],
+            "PodsNotReady: 0/1 replicas available"
+        );
+        assert!(annotations.get(CONFIG_HASH_ANNOTATION).is_none());
     }
 
     #[test]

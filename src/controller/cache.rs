@@ -105,13 +105,15 @@ workload_impl!(DaemonSet, WorkloadKind::DaemonSet, |d| {
     }
 });
 
-/// Reader handles of the four caches.
+/// Reader handles of the caches.
 #[derive(Clone)]
 pub struct Stores {
     pub namespaces: Store<Namespace>,
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
     pub daemonsets: Store<DaemonSet>,
+    /// The operator's own collector objects.
+    pub collectors: super::collector::CollectorStores,
 }
 
 impl Stores {
@@ -122,7 +124,8 @@ impl Stores {
         self.namespaces.wait_until_ready().await?;
         self.deployments.wait_until_ready().await?;
         self.statefulsets.wait_until_ready().await?;
-        self.daemonsets.wait_until_ready().await
+        self.daemonsets.wait_until_ready().await?;
+        self.collectors.wait_until_ready().await
     }
 
     pub fn namespace_views(&self) -> BTreeMap<String, NamespaceView> {

@@ -6,6 +6,7 @@
 //! debounces them. Deleting a policy runs the finalizer's cleanup, which removes
 //! exactly what the operator added to each workload the policy owned.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use futures::{StreamExt, future::BoxFuture, stream};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -23,12 +25,16 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{FIELD_MANAGER, FINALIZER, Mode, POLICY_ANNOTATION, PlannedChange, TracingPolicy};
-use crate::plan::{self, PolicyView, Snapshot, WorkloadAction, WorkloadId};
+use crate::api::{
+    FIELD_MANAGER, FINALIZER, Mode, POLICY_ANNOTATION, PlannedChange, TracingPolicy,
+    TracingPolicyStatus,
+};
+use crate::plan::{self, PolicyView, Snapshot, WorkloadAction, WorkloadId, rollout};
 use crate::runtime::metrics::Metrics;
 
 pub mod apply;
 pub mod cache;
+pub mod collector;
 pub mod status;
 
 use cache::{Stores, Workload};
@@ -130,11 +136,13 @@ pub async fn run(
     let (deployments, deploy_store) = workload_trigger::<Deployment>(&client, &wc);
     let (statefulsets, sts_store) = workload_trigger::<StatefulSet>(&client, &wc);
     let (daemonsets, ds_store) = workload_trigger::<DaemonSet>(&client, &wc);
+    let (collector_stores, collector_objects) = collector::watch(&client);
     let stores = Stores {
         namespaces: ns_store,
         deployments: deploy_store,
         statefulsets: sts_store,
         daemonsets: ds_store,
+        collectors: collector_stores,
     };
 
     let policies_api = Api::<TracingPolicy>::all(client.clone());
@@ -167,7 +175,13 @@ pub async fn run(
         }
     });
 
-    let triggers = stream::select_all([namespaces.boxed(), deployments, statefulsets, daemonsets]);
+    let triggers = stream::select_all([
+        namespaces.boxed(),
+        deployments,
+        statefulsets,
+        daemonsets,
+        collector_objects.boxed(),
+    ]);
     controller
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(shutdown)
@@ -301,7 +315,7 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
                 reason: "InvalidSelector",
                 message: error.to_string(),
             }];
-            write_status(&ctx, &policy, &Default::default(), &[], &problems).await?;
+            write_status(&ctx, &policy, &Default::default(), &[], &problems, None).await?;
             return Ok(Action::requeue(RESYNC));
         }
     };
@@ -313,36 +327,160 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
             message: "spec.selector matches no namespace: no workload is instrumented".into(),
         });
     }
+    // Collectors first; workloads whose collector cannot serve them are left as they are.
+    let collectors = collector::reconcile(&ctx, &policy, &plan).await;
+    problems.extend(collectors.problems.iter().cloned());
+    // Status still counts the held workloads as selected; only enforcement skips them.
+    let held: Vec<WorkloadId> = plan
+        .workloads
+        .iter()
+        .filter(|d| {
+            matches!(d.action, WorkloadAction::Apply(_))
+                && !collectors.serving.contains(&d.id.namespace)
+        })
+        .map(|d| d.id.clone())
+        .collect();
+    let enforceable = plan::PolicyPlan {
+        workloads: plan
+            .workloads
+            .iter()
+            .filter(|d| !held.contains(&d.id))
+            .cloned()
+            .collect(),
+        ..plan.clone()
+    };
 
-    let live: std::collections::HashMap<&WorkloadId, &plan::WorkloadView> =
+    let live: HashMap<&WorkloadId, &plan::WorkloadView> =
         workloads.iter().map(|w| (&w.id, w)).collect();
-    let outcomes: Vec<(WorkloadId, Outcome)> = match policy.spec.mode {
-        Mode::DryRun => plan
+    let now = Timestamp::now();
+    let mut rollout = None;
+    let mut outcomes: Vec<(WorkloadId, Outcome)> = match policy.spec.mode {
+        Mode::DryRun => enforceable
             .workloads
             .iter()
             .map(|d| (d.id.clone(), dry_run_outcome(&me.name, d, &live)))
             .collect(),
-        Mode::Enforce => {
-            stream::iter(plan.workloads.iter())
-                .map(|decision| enforce(&ctx, &policy, decision, live.get(&decision.id).copied()))
-                .buffer_unordered(ctx.settings.write_concurrency.max(1))
-                // Boxed so the Send check sees concrete lifetimes (rust-lang/rust#110338).
-                .boxed()
-                .filter_map(|o| async move { o })
-                .collect()
-                .await
-        }
+        Mode::Enforce => match plan_rollout(&ctx, &me.name, &policy, &enforceable, &live, now) {
+            Ok(steps) => {
+                let outcomes = enforce_all(&ctx, &policy, &enforceable, &steps, &live, now).await;
+                rollout = Some(steps);
+                outcomes
+            }
+            Err(error) => {
+                // Nothing is written to any workload while the rollout cannot be paced.
+                problems.push(Problem {
+                    reason: "InvalidRollout",
+                    message: error.to_string(),
+                });
+                Vec::new()
+            }
+        },
     };
-    let mut outcomes = outcomes;
+    outcomes.extend(held.into_iter().map(|id| {
+        let reason = format!(
+            "its collector in namespace {} cannot start (see the Degraded condition)",
+            id.namespace
+        );
+        (id, Outcome::Held { reason })
+    }));
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
 
-    write_status(&ctx, &policy, &plan, &outcomes, &problems).await?;
+    let new_status = write_status(
+        &ctx,
+        &policy,
+        &plan,
+        &outcomes,
+        &problems,
+        collectors.status.clone(),
+    )
+    .await?;
+    announce(&ctx, &policy, policy.status.as_ref(), &new_status).await;
     ctx.metrics
         .set_workloads(&me.name, &count_states(&outcomes));
-    let rolling = outcomes
+    // Workload and collector changes arrive through the watches; the requeue only
+    // covers what no watch reports: a progress deadline passing, or a lost event.
+    let mut next = RESYNC;
+    if let Some(rollout) = &rollout {
+        if rollout.counts.rolling_out > 0 || rollout.counts.waiting > 0 {
+            next = next.min(ROLLOUT_POLL);
+        }
+        if let Some(at) = rollout.requeue_after(now) {
+            next = next.min(at.max(Duration::from_secs(1)));
+        }
+    }
+    Ok(Action::requeue(
+        collectors.requeue_after().map_or(next, |r| r.min(next)),
+    ))
+}
+
+/// The rollout step of every workload this policy applies to, from cluster state.
+fn plan_rollout(
+    ctx: &Context,
+    policy_name: &str,
+    policy: &TracingPolicy,
+    plan: &plan::PolicyPlan,
+    live: &HashMap<&WorkloadId, &plan::WorkloadView>,
+    now: Timestamp,
+) -> Result<rollout::RolloutPlan, rollout::RolloutError> {
+    let candidates: Vec<rollout::WorkloadRollout> = plan
+        .workloads
         .iter()
-        .any(|(_, o)| matches!(o, Outcome::RollingOut));
-    Ok(Action::requeue(if rolling { ROLLOUT_POLL } else { RESYNC }))
+        .filter_map(|d| match &d.action {
+            WorkloadAction::Apply(p) => Some(rollout::WorkloadRollout::observe(
+                policy_name,
+                &d.id,
+                p,
+                live.get(&d.id).copied(),
+                ctx.stores.rollout_status(&d.id),
+            )),
+            _ => None,
+        })
+        .collect();
+    rollout::plan_rollout(&policy.spec.rollout, now, &candidates)
+}
+
+/// Carries out the plan: rollout steps for the workloads the policy applies to,
+/// removal for those that left it, nothing for the conflicted ones.
+async fn enforce_all(
+    ctx: &Arc<Context>,
+    policy: &TracingPolicy,
+    plan: &plan::PolicyPlan,
+    rollout: &rollout::RolloutPlan,
+    live: &HashMap<&WorkloadId, &plan::WorkloadView>,
+    now: Timestamp,
+) -> Vec<(WorkloadId, Outcome)> {
+    let steps: HashMap<&WorkloadId, &rollout::RolloutStep> =
+        rollout.steps.iter().map(|s| (&s.id, &s.step)).collect();
+    let paused_by = rollout.paused_by.as_ref().map(ToString::to_string);
+    stream::iter(plan.workloads.iter())
+        .map(|decision| {
+            let step = steps.get(&decision.id).copied();
+            let paused_by = paused_by.clone();
+            async move {
+                match (&decision.action, step) {
+                    (WorkloadAction::Apply(p), Some(step)) => {
+                        Some(enforce(ctx, policy, &decision.id, p, step, paused_by, now).await)
+                    }
+                    (WorkloadAction::Apply(_), None) => None,
+                    (WorkloadAction::Conflicted { winner }, _) => Some((
+                        decision.id.clone(),
+                        Outcome::Conflicted {
+                            winner: winner.clone(),
+                        },
+                    )),
+                    (WorkloadAction::Remove, _) => {
+                        remove_if_needed(ctx, policy, &decision.id, live.get(&decision.id).copied())
+                            .await
+                    }
+                }
+            }
+        })
+        .buffer_unordered(ctx.settings.write_concurrency.max(1))
+        // Boxed so the Send check sees concrete lifetimes (rust-lang/rust#110338).
+        .boxed()
+        .filter_map(|o| async move { o })
+        .collect()
+        .await
 }
 
 fn count_states(outcomes: &[(WorkloadId, Outcome)]) -> crate::runtime::metrics::WorkloadStates {
@@ -351,6 +489,7 @@ fn count_states(outcomes: &[(WorkloadId, Outcome)]) -> crate::runtime::metrics::
         match o {
             Outcome::UpToDate => s.up_to_date += 1,
             Outcome::RollingOut => s.rolling_out += 1,
+            Outcome::Queued | Outcome::Paused { .. } | Outcome::Held { .. } => s.waiting += 1,
             Outcome::Failed { .. } => s.failed += 1,
             Outcome::Conflicted { .. } => s.conflicted += 1,
             Outcome::WouldChange(_) | Outcome::Unchanged => {}
@@ -404,70 +543,117 @@ fn dry_run_outcome(
     }
 }
 
-/// Brings one workload to its planned state; `None` when there is nothing to report.
+/// Carries out one workload's rollout step.
 async fn enforce(
     ctx: &Arc<Context>,
     policy: &TracingPolicy,
-    decision: &plan::WorkloadDecision,
-    live: Option<&plan::WorkloadView>,
-) -> Option<(WorkloadId, Outcome)> {
-    let id = &decision.id;
+    id: &WorkloadId,
+    p: &plan::WorkloadPlan,
+    step: &rollout::RolloutStep,
+    paused_by: Option<String>,
+    now: Timestamp,
+) -> (WorkloadId, Outcome) {
+    use rollout::RolloutStep as Step;
     let policy_name = policy.name_any();
-    let outcome = match &decision.action {
-        WorkloadAction::Conflicted { winner } => Outcome::Conflicted {
-            winner: winner.clone(),
+    let outcome = match step {
+        Step::UpToDate => Outcome::UpToDate,
+        Step::RollingOut { .. } => Outcome::RollingOut,
+        Step::Queued => Outcome::Queued,
+        Step::Paused => Outcome::Paused {
+            by: paused_by.unwrap_or_else(|| "a workload".to_string()),
         },
-        WorkloadAction::Apply(p) => {
-            let applied = live.is_some_and(|w| plan::is_applied(&policy_name, p, w));
-            if !applied {
-                let body = apply::apply_body(id, &policy_name, p);
-                if let Err(error) = apply::apply(ctx, id, &body).await {
-                    let outcome = Outcome::Failed {
-                        reason: "ApplyRejected".into(),
-                        message: error.to_string(),
-                    };
-                    publish(
-                        ctx,
-                        id,
-                        EventType::Warning,
-                        "RolloutFailed",
-                        format!("TracingPolicy {policy_name}: apply rejected: {error}"),
-                    )
-                    .await;
-                    return Some((id.clone(), outcome));
+        Step::Failed { reason, message } => Outcome::Failed {
+            reason: (*reason).to_string(),
+            message: message.clone(),
+        },
+        Step::RolledBack { reason, message } => Outcome::Failed {
+            reason: (*reason).to_string(),
+            message: message.clone(),
+        },
+        Step::Start { .. } | Step::Restamp => {
+            let annotations = rollout::applied_annotations(&policy_name, &p.config_hash, now);
+            let body = apply::apply_body(id, p, &annotations);
+            match apply::apply(ctx, id, &body).await {
+                Ok(()) => {
+                    if matches!(step, Step::Start { .. }) {
+                        info!(workload = %id, policy = %policy_name, hash = %p.config_hash, "applied tracing settings");
+                        publish(
+                            ctx,
+                            id,
+                            EventType::Normal,
+                            "TracingApplied",
+                            format!(
+                                "TracingPolicy {policy_name} set OpenTelemetry settings (service {}, config {})",
+                                p.service_name, p.config_hash
+                            ),
+                        )
+                        .await;
+                    }
+                    Outcome::RollingOut
                 }
-                info!(workload = %id, policy = %policy_name, hash = %p.config_hash, "applied tracing settings");
-                publish(ctx, id, EventType::Normal, "TracingApplied", format!(
-                    "TracingPolicy {policy_name} set OpenTelemetry settings (service {}, config {})",
-                    p.service_name, p.config_hash
-                ))
-                .await;
-                // The watch brings the new generation; until then it is rolling out.
-                Outcome::RollingOut
-            } else if ctx
-                .stores
-                .rollout_status(id)
-                .is_some_and(|r| r.is_complete())
-            {
-                Outcome::UpToDate
-            } else {
-                Outcome::RollingOut
+                Err(error) => {
+                    warn!(workload = %id, policy = %policy_name, "apply rejected: {}", short_error(&error));
+                    Outcome::Failed {
+                        reason: rollout::REASON_APPLY_REJECTED.to_string(),
+                        message: format!("apply rejected: {}", short_error(&error)),
+                    }
+                }
             }
         }
-        WorkloadAction::Remove => {
-            if live.is_some_and(|w| !plan::is_clean(w))
-                && let Err(error) = remove(ctx, id, &policy_name).await
-            {
-                let outcome = Outcome::Failed {
-                    reason: "RemoveRejected".into(),
-                    message: error.to_string(),
-                };
-                return Some((id.clone(), outcome));
+        Step::RollBack { reason, message } => {
+            let annotations =
+                rollout::rollback_annotations(&policy_name, &p.config_hash, reason, message, now);
+            let body = apply::rollback_body(id, &annotations);
+            match apply::apply(ctx, id, &body).await {
+                Ok(()) => {
+                    // The RolloutFailed Event follows from the status change (`announce`).
+                    warn!(workload = %id, policy = %policy_name, %reason, "rollout failed; removed the tracing settings again");
+                    Outcome::Failed {
+                        reason: (*reason).to_string(),
+                        message: rollout::rolled_back_message(message),
+                    }
+                }
+                Err(error) => Outcome::Failed {
+                    reason: (*reason).to_string(),
+                    message: format!(
+                        "{message}; the rollback was rejected: {}",
+                        short_error(&error)
+                    ),
+                },
             }
-            return None;
         }
     };
-    Some((id.clone(), outcome))
+    (id.clone(), outcome)
+}
+
+/// Removes the operator's settings from a workload that left the selection.
+async fn remove_if_needed(
+    ctx: &Arc<Context>,
+    policy: &TracingPolicy,
+    id: &WorkloadId,
+    live: Option<&plan::WorkloadView>,
+) -> Option<(WorkloadId, Outcome)> {
+    if live.is_some_and(|w| !plan::is_clean(w))
+        && let Err(error) = remove(ctx, id, &policy.name_any()).await
+    {
+        return Some((
+            id.clone(),
+            Outcome::Failed {
+                reason: "RemoveRejected".into(),
+                message: short_error(&error),
+            },
+        ));
+    }
+    None
+}
+
+/// The API server's own message for a rejected request, without the debug dump
+/// of its `Status` (that goes to the debug log).
+fn short_error(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
 }
 
 async fn remove(ctx: &Arc<Context>, id: &WorkloadId, policy: &str) -> Result<(), kube::Error> {
@@ -524,7 +710,8 @@ async fn write_status(
     plan: &plan::PolicyPlan,
     outcomes: &[(WorkloadId, Outcome)],
     problems: &[Problem],
-) -> Result<(), Error> {
+    collector: Option<crate::api::CollectorStatus>,
+) -> Result<TracingPolicyStatus, Error> {
     let name = policy.name_any();
     let new = status::compute(&status::StatusInput {
         generation: policy.metadata.generation,
@@ -533,11 +720,11 @@ async fn write_status(
         plan,
         outcomes,
         problems,
-        collector: None,
+        collector,
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
     if policy.status.as_ref() == Some(&new) {
-        return Ok(());
+        return Ok(new);
     }
     ctx.limiter.until_ready().await;
     ctx.metrics.api_write("patch", "TracingPolicy");
@@ -554,7 +741,91 @@ async fn write_status(
         policy: name.clone(),
         source,
     })?;
-    Ok(())
+    Ok(new)
+}
+
+/// Events for what changed since the previous status, so they are published once
+/// per change and never on a converged resync: on the policy when it becomes
+/// Ready or Degraded, and `RolloutFailed` on the policy and on each workload
+/// whose failure is new.
+async fn announce(
+    ctx: &Context,
+    policy: &TracingPolicy,
+    previous: Option<&TracingPolicyStatus>,
+    new: &TracingPolicyStatus,
+) {
+    let condition = |s: Option<&TracingPolicyStatus>, type_: &str| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let name = policy.name_any();
+    for (type_, event_type) in [
+        ("Ready", EventType::Normal),
+        ("Degraded", EventType::Warning),
+    ] {
+        let before = condition(previous, type_);
+        if let Some((status, reason, message)) = condition(Some(new), type_)
+            && status == "True"
+            && before.as_ref().map(|b| b.0.as_str()) != Some("True")
+        {
+            publish_on_policy(ctx, policy, event_type, &reason, message).await;
+        }
+    }
+    let known = |f: &crate::api::WorkloadIssue| {
+        previous.is_some_and(|p| {
+            p.failures.iter().any(|g| {
+                (&g.kind, &g.namespace, &g.name, &g.reason)
+                    == (&f.kind, &f.namespace, &f.name, &f.reason)
+            })
+        })
+    };
+    for failure in new.failures.iter().filter(|f| !known(f)) {
+        let Ok(kind) = serde_json::from_value(json!(failure.kind)) else {
+            continue;
+        };
+        let id = WorkloadId {
+            namespace: failure.namespace.clone(),
+            kind,
+            name: failure.name.clone(),
+        };
+        let note = format!(
+            "TracingPolicy {name}: {}: {}",
+            failure.reason, failure.message
+        );
+        publish(ctx, &id, EventType::Warning, "RolloutFailed", note.clone()).await;
+        publish_on_policy(
+            ctx,
+            policy,
+            EventType::Warning,
+            "RolloutFailed",
+            format!("{id}: {}: {}", failure.reason, failure.message),
+        )
+        .await;
+    }
+}
+
+async fn publish_on_policy(
+    ctx: &Context,
+    policy: &TracingPolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.metrics.api_write("create", "Event");
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &policy_reference(policy))
+        .await
+    {
+        warn!(policy = %policy.name_any(), %error, "could not publish event");
+    }
 }
 
 async fn publish(ctx: &Context, id: &WorkloadId, type_: EventType, reason: &str, note: String) {

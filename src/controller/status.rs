@@ -25,7 +25,13 @@ pub enum Outcome {
     UpToDate,
     /// Carries the plan; its pods are being replaced.
     RollingOut,
-    /// Applying or removing failed.
+    /// Waits for a rollout slot (`rollout.maxConcurrent`).
+    Queued,
+    /// Waits because `onFailure: Pause` holds the rollout after `by` failed.
+    Paused { by: String },
+    /// Left as it is: the collector it would send to cannot start.
+    Held { reason: String },
+    /// Applying or removing failed, or the rollout missed its deadline.
     Failed { reason: String, message: String },
     /// Another policy owns it.
     Conflicted { winner: String },
@@ -58,10 +64,15 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
     let mut failures = Vec::new();
     let mut conflicts = Vec::new();
     let mut planned = Vec::new();
+    let mut queued = 0;
+    let mut paused_by: Option<String> = None;
     for (id, outcome) in input.outcomes {
         match outcome {
             Outcome::UpToDate => counts.up_to_date += 1,
             Outcome::RollingOut => counts.rolling_out += 1,
+            Outcome::Queued => queued += 1,
+            Outcome::Paused { by } => paused_by = Some(by.clone()),
+            Outcome::Held { .. } => {}
             Outcome::Failed { reason, message } => {
                 counts.failed += 1;
                 failures.push(issue(id, reason, message));
@@ -110,10 +121,17 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         });
     }
     let degraded = !problems.is_empty();
-    let rolled = format!(
-        "{}/{} workloads rolled out",
-        counts.up_to_date, counts.selected
+    let rolled = crate::plan::rollout::rolled_out_summary(counts.up_to_date, counts.selected);
+    let progressing = counts.rolling_out > 0 || queued > 0;
+    let progress = format!(
+        "{rolled} ({} rolling out, {queued} waiting for a slot)",
+        counts.rolling_out
     );
+    let paused = paused_by.as_ref().map(|by| {
+        format!(
+            "{rolled}; rollout paused: {by} failed (onFailure: Pause); change the policy to resume"
+        )
+    });
 
     let mut conditions = Vec::new();
     let ready = if dry_run {
@@ -128,8 +146,10 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         )
     } else if degraded {
         (false, "Degraded", join_messages(&problems))
-    } else if counts.rolling_out > 0 {
-        (false, "RollingOut", rolled.clone())
+    } else if progressing {
+        (false, "RollingOut", progress.clone())
+    } else if let Some(paused) = &paused {
+        (false, "RolloutPaused", paused.clone())
     } else {
         (
             true,
@@ -138,8 +158,10 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         )
     };
     conditions.push(condition(input, "Ready", ready.0, ready.1, ready.2));
-    conditions.push(if counts.rolling_out > 0 {
-        condition(input, "Progressing", true, "RollingOut", rolled.clone())
+    conditions.push(if progressing {
+        condition(input, "Progressing", true, "RollingOut", progress)
+    } else if let Some(paused) = paused {
+        condition(input, "Progressing", false, "RolloutPaused", paused)
     } else {
         condition(input, "Progressing", false, "Settled", rolled.clone())
     });

@@ -593,10 +593,10 @@ pub fn rolled_back_message(message: &str) -> String {
 /// as `RolledBack` with a message naming the config.
 fn recorded_failure(note: Option<&str>, hash: &str) -> (&'static str, String) {
     let known = [REASON_PODS_NOT_READY, REASON_DEADLINE_EXCEEDED];
-    if let Some((reason, message)) = note.and_then(|n| n.split_once(": ")) {
-        if let Some(reason) = known.into_iter().find(|k| *k == reason) {
-            return (reason, message.to_string());
-        }
+    if let Some((reason, message)) = note.and_then(|n| n.split_once(": "))
+        && let Some(reason) = known.into_iter().find(|k| *k == reason)
+    {
+        return (reason, message.to_string());
     }
     (
         REASON_ROLLED_BACK,
@@ -1651,7 +1651,10 @@ mod tests {
             ]
         );
         // The recorded cause is what status reports after the rollback.
-        let recorded = recorded_failure(rollback.get(ROLLOUT_FAILURE_ANNOTATION).map(String::as_str), "abc");
+        let recorded = recorded_failure(
+            rollback.get(ROLLOUT_FAILURE_ANNOTATION).map(String::as_str),
+            "abc",
+        );
         assert_eq!(recorded, (REASON_PODS_NOT_READY, "0/2 ready".to_string()));
         let unknown = recorded_failure(Some("garbage"), "abc");
         assert_eq!(unknown.0, REASON_ROLLED_BACK);

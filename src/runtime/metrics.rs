@@ -5,7 +5,7 @@
 //! - `reconcile_errors_total{reason}`: failed reconciles by error kind;
 //! - `reconcile_duration_seconds`: how long successful reconciles took;
 //! - `workloads{policy,state}`: a policy's workloads by state (`up_to_date`,
-//!   `rolling_out`, `failed`, `conflicted`);
+//!   `rolling_out`, `waiting`, `failed`, `conflicted`);
 //! - `api_writes_total{verb,kind}`: mutating requests to the Kubernetes API.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct WorkloadStates {
     pub up_to_date: i64,
     pub rolling_out: i64,
+    /// Waiting for a rollout slot, held by `onFailure: Pause`, or by a collector that cannot start.
+    pub waiting: i64,
     pub failed: i64,
     pub conflicted: i64,
 }
@@ -146,6 +148,7 @@ impl Metrics {
         for (state, count) in [
             ("up_to_date", states.up_to_date),
             ("rolling_out", states.rolling_out),
+            ("waiting", states.waiting),
             ("failed", states.failed),
             ("conflicted", states.conflicted),
         ] {
@@ -160,7 +163,13 @@ impl Metrics {
 
     /// Drops the workload gauges of a policy that no longer exists.
     pub fn forget_policy(&self, policy: &str) {
-        for state in ["up_to_date", "rolling_out", "failed", "conflicted"] {
+        for state in [
+            "up_to_date",
+            "rolling_out",
+            "waiting",
+            "failed",
+            "conflicted",
+        ] {
             self.workloads.remove(&WorkloadLabels {
                 policy: policy.to_string(),
                 state,
@@ -301,6 +310,7 @@ mod tests {
             &WorkloadStates {
                 up_to_date: 2,
                 rolling_out: 3,
+                waiting: 0,
                 failed: 1,
                 conflicted: 0,
             },
@@ -310,6 +320,7 @@ mod tests {
             &WorkloadStates {
                 up_to_date: 5,
                 rolling_out: 0,
+                waiting: 0,
                 failed: 1,
                 conflicted: 0,
             },
