@@ -7,8 +7,6 @@
 
 mod support;
 
-// Not every helper of the harness is used here; its lints are its own.
-#[allow(dead_code, clippy::type_complexity)]
 #[path = "operator/harness.rs"]
 mod harness;
 

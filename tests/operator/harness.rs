@@ -5,6 +5,8 @@
 //! test and dies with the test process. Each test works in namespaces of its
 //! own, selected by a label unique to that test, so tests run in parallel
 //! without seeing each other's policies.
+// Shared by several test binaries; each uses a different part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -138,8 +140,33 @@ pub async fn install_crd(client: &Client) {
 }
 
 /// A label that only this test's namespaces carry.
+///
+/// The value carries this run's id, so namespaces left behind by an earlier,
+/// failed run are never selected by this run's policies.
 pub fn test_label(test: &str) -> (String, String) {
-    ("tracing-test.caas.io/case".to_string(), test.to_string())
+    static RUN: OnceLock<String> = OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!(
+            "{:x}",
+            (nanos ^ u128::from(std::process::id())) % 0xffff_ffff
+        )
+    });
+    (
+        "tracing-test.caas.io/case".to_string(),
+        format!("{test}-{run}"),
+    )
+}
+
+/// Deletes policies of these names left by an earlier run (their status would
+/// otherwise satisfy this run's waits), waiting until each is gone.
+pub async fn clear_policies(client: &Client, names: &[&str]) {
+    for name in names {
+        delete_policy(client, name).await;
+    }
 }
 
 /// Creates a namespace labelled for `test` (plus `extra`) and returns its name.
@@ -150,11 +177,14 @@ pub async fn namespace(client: &Client, test: &str, extra: &[(&str, &str)]) -> S
     support::fresh_namespace(client, test, &labels).await
 }
 
-/// A Deployment with the given containers `(name, image, env)`.
+/// A container as `(name, image, env)`.
+pub type ContainerSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A Deployment with the given containers.
 pub fn deployment(
     name: &str,
     labels: &[(&str, &str)],
-    containers: &[(&str, &str, &[(&str, &str)])],
+    containers: &[ContainerSpec<'_>],
 ) -> Deployment {
     let labels: BTreeMap<String, String> = labels
         .iter()

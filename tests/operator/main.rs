@@ -34,6 +34,7 @@ fn spec_of(d: &Deployment) -> serde_json::Value {
 async fn selected_workloads_get_the_planned_env_and_everything_is_removed_on_delete() {
     shared_operator();
     let client = support::client().await;
+    clear_policies(&client, &["lifecycle"]).await;
     let test = "lifecycle";
     let traced = namespace(&client, test, &[("tenant", "blue")]).await;
     let ignored = support::fresh_namespace(&client, "lifecycle-ignored", &[]).await;
@@ -211,6 +212,7 @@ async fn selected_workloads_get_the_planned_env_and_everything_is_removed_on_del
 async fn changes_to_the_policy_and_to_namespaces_are_followed() {
     shared_operator();
     let client = support::client().await;
+    clear_policies(&client, &["follow"]).await;
     let test = "follow";
     let a = namespace(&client, test, &[]).await;
     let b = namespace(&client, test, &[]).await;
@@ -315,6 +317,7 @@ async fn changes_to_the_policy_and_to_namespaces_are_followed() {
 async fn overlapping_policies_resolve_by_priority_and_the_loser_is_conflicted() {
     shared_operator();
     let client = support::client().await;
+    clear_policies(&client, &["overlap-high", "overlap-low"]).await;
     let test = "overlap";
     let ns = namespace(&client, test, &[]).await;
     create_deployment(
@@ -391,6 +394,7 @@ async fn overlapping_policies_resolve_by_priority_and_the_loser_is_conflicted() 
 async fn dry_run_reports_the_plan_and_writes_nothing() {
     shared_operator();
     let client = support::client().await;
+    clear_policies(&client, &["dryrun"]).await;
     let test = "dryrun";
     let ns = namespace(&client, test, &[]).await;
     create_deployment(
@@ -421,6 +425,7 @@ async fn dry_run_reports_the_plan_and_writes_nothing() {
 async fn a_selector_that_matches_no_namespace_degrades_and_touches_nothing() {
     shared_operator();
     let client = support::client().await;
+    clear_policies(&client, &["nomatch"]).await;
     apply_policy(
         &client,
         &policy("nomatch", "nomatch-no-such-namespace", json!({})),
