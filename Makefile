@@ -1,0 +1,33 @@
+# The two commands a newcomer needs (see README.md):
+#   make demo   local testbed cluster, the operator, the example policy applied, status shown
+#   make test   every test: format, lints, unit tests, integration tests on the testbed
+# Everything else here is what those two are made of.
+.PHONY: demo test build testbed-up down lint bench
+
+build:
+	testbed/testbed build
+	cargo build --all-targets
+
+testbed-up:
+	testbed/testbed up
+
+demo:
+	testbed/demo
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# The testbed is started once and stopped at the end, pass or fail.
+test: build
+	testbed/testbed up
+	status=0; \
+	  $(MAKE) lint && cargo test --all-targets -- --test-threads=4 || status=$$?; \
+	  testbed/testbed down; exit $$status
+
+bench:
+	testbed/testbed up
+	cargo bench
+
+down:
+	testbed/testbed down
