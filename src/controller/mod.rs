@@ -15,7 +15,9 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject};
 use kube::api::{Patch, PatchParams};
+use kube::core::{DeserializeGuard, error_boundary::InvalidObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -82,7 +84,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub stores: Stores,
-    pub policies: Store<TracingPolicy>,
+    pub policies: Store<GuardedPolicy>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
@@ -145,7 +147,7 @@ pub async fn run(
         collectors: collector_stores,
     };
 
-    let policies_api = Api::<TracingPolicy>::all(client.clone());
+    let policies_api = Api::<GuardedPolicy>::all(client.clone());
     let controller = Controller::new(policies_api, wc).with_config(
         ControllerConfig::default()
             .concurrency(settings.concurrency)
@@ -187,8 +189,13 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+            match result {
+                // A policy deleted while queued: nothing left to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(%object, "policy gone before its reconcile");
+                }
+                Err(error) => warn!(%error, "reconcile failed"),
+                Ok(_) => {}
             }
         })
         .await;
@@ -221,14 +228,92 @@ where
     (stream, store)
 }
 
-fn error_policy(policy: Arc<TracingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+/// A watched policy: the typed object, or one that does not deserialize (stored
+/// under an older or looser schema). The guard keeps one such object from
+/// stopping the watch, and so the reconciliation of every other policy.
+type GuardedPolicy = DeserializeGuard<TracingPolicy>;
+
+fn error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(policy = %policy.name_any(), %error, "reconcile failed; retrying");
     ctx.metrics.reconcile_error(error.metric_reason());
     Action::requeue(Duration::from_secs(10))
 }
 
-#[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
-async fn reconcile(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(policy = %guarded.name_any()))]
+async fn reconcile(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &guarded.0 {
+        Ok(policy) => reconcile_valid(Arc::new(policy.clone()), ctx).await,
+        Err(invalid) => reconcile_invalid(invalid, &ctx).await,
+    }
+}
+
+/// A policy the operator cannot read is reported (log, metric, Event) and left
+/// alone; if it is being deleted, the settings it had added are still removed by
+/// name, so a deletion never hangs on it.
+async fn reconcile_invalid(invalid: &InvalidObject, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let meta = &invalid.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    warn!(policy = %name, error = %invalid.error, "cannot read TracingPolicy; it is ignored until it is fixed");
+    ctx.metrics.reconcile_error("InvalidObject");
+    let reference = ObjectReference {
+        api_version: Some(format!("{}/{}", crate::api::GROUP, "v1alpha1")),
+        kind: Some("TracingPolicy".into()),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    };
+    let ours = meta
+        .finalizers
+        .as_ref()
+        .and_then(|f| f.iter().position(|f| f == FINALIZER));
+    if let (Some(_), Some(index)) = (meta.deletion_timestamp.as_ref(), ours) {
+        ctx.stores
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady)?;
+        remove_all_of(ctx, &name).await?;
+        // Test-and-remove, so only our own finalizer entry goes.
+        let patch = json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{index}")}
+        ]);
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| Error::Finalizer {
+                policy: name.clone(),
+                message: e.to_string(),
+            })?;
+        let api: Api<DynamicObject> = Api::all_with(
+            ctx.client.clone(),
+            &ApiResource::erase::<TracingPolicy>(&()),
+        );
+        ctx.limiter.until_ready().await;
+        ctx.metrics.api_write("patch", "TracingPolicy");
+        api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+            .map_err(|e| Error::Finalizer {
+                policy: name.clone(),
+                message: e.to_string(),
+            })?;
+        return Ok(Action::await_change());
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidSpec".into(),
+        note: Some(format!(
+            "cannot read this TracingPolicy, so it is not enforced: {}",
+            invalid.error
+        )),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.metrics.api_write("create", "Event");
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        warn!(policy = %name, %error, "could not publish event");
+    }
+    Ok(Action::await_change())
+}
+
+async fn reconcile_valid(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.stores
         .wait_until_ready()
@@ -266,6 +351,7 @@ fn policy_views(ctx: &Context) -> Vec<PolicyView> {
     ctx.policies
         .state()
         .iter()
+        .filter_map(|p| p.0.as_ref().ok())
         .map(|p| PolicyView {
             name: p.name_any(),
             spec: p.spec.clone(),
@@ -674,34 +760,37 @@ async fn remove(ctx: &Arc<Context>, id: &WorkloadId, policy: &str) -> Result<(),
 /// workload that carries them.
 async fn cleanup(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = policy.name_any();
+    let removed = remove_all_of(&ctx, &name).await?;
+    ctx.metrics.forget_policy(&name);
+    info!(policy = %name, workloads = removed, "policy deleted; its settings are removed");
+    Ok(Action::await_change())
+}
+
+/// Removes the settings of policy `name` from every workload that carries them;
+/// returns how many there were.
+async fn remove_all_of(ctx: &Arc<Context>, name: &str) -> Result<usize, Error> {
     let owned: Vec<WorkloadId> = ctx
         .stores
         .workload_views()
         .into_iter()
-        .filter(|w| w.annotations.get(POLICY_ANNOTATION) == Some(&name))
+        .filter(|w| w.annotations.get(POLICY_ANNOTATION).map(String::as_str) == Some(name))
         .map(|w| w.id)
         .collect();
     let results: Vec<Result<(), Error>> = stream::iter(owned.iter())
-        .map(|id| {
-            let ctx = ctx.clone();
-            let name = name.clone();
-            async move {
-                remove(&ctx, id, &name)
-                    .await
-                    .map_err(|source| Error::Cleanup {
-                        workload: id.to_string(),
-                        source,
-                    })
-            }
+        .map(|id| async move {
+            remove(ctx, id, name)
+                .await
+                .map_err(|source| Error::Cleanup {
+                    workload: id.to_string(),
+                    source,
+                })
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
         .boxed()
         .collect()
         .await;
     results.into_iter().collect::<Result<Vec<()>, Error>>()?;
-    ctx.metrics.forget_policy(&name);
-    info!(policy = %name, workloads = owned.len(), "policy deleted; its settings are removed");
-    Ok(Action::await_change())
+    Ok(owned.len())
 }
 
 async fn write_status(
