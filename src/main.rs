@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tracing::{error, info};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use tracing_operator::controller::{self, Settings};
 use tracing_operator::runtime::{leader, metrics::Metrics, server, telemetry};
@@ -209,6 +210,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     let stop = shutdown.clone();
     let lost = lease.as_ref().map(|l| l.lost());
+    let stopping = CancellationToken::new();
+    let stop_requested = stopping.clone();
     let controller_shutdown = async move {
         match lost {
             Some(lost) => tokio::select! {
@@ -217,16 +220,25 @@ async fn run(args: RunArgs) -> Result<(), String> {
             },
             None => stop.wait().await,
         }
+        stop_requested.cancel();
     };
     let ready = readiness.clone();
-    controller::run(
+    let synced = CancellationToken::new();
+    let caches_synced = synced.clone();
+    let controller = controller::run(
         client,
         settings,
         metrics,
-        move || ready.set_ready(),
+        move || {
+            caches_synced.cancel();
+            ready.set_ready();
+        },
         controller_shutdown,
-    )
-    .await;
+    );
+    tokio::select! {
+        () = controller => {},
+        () = abandon_controller(&stopping, &synced) => {},
+    }
     let lost = lease.as_ref().is_some_and(|l| l.is_lost());
     if let Some(lease) = lease {
         lease.release().await;
@@ -241,6 +253,28 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// How long in-flight reconciles may run on after a stop was requested: within
+/// the chart's default terminationGracePeriodSeconds (30), with time left to
+/// hand the Lease back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Resolves when the controller is to be dropped rather than awaited: at once
+/// when the stop came before the caches synced, else [`SHUTDOWN_GRACE`] after it.
+///
+/// kube-runtime's graceful shutdown waits for the policy cache before it ends,
+/// so with an API server that never answered it would wait forever, although
+/// nothing can be half done: every reconcile waits for the caches before it
+/// writes anything.
+async fn abandon_controller(stopping: &CancellationToken, synced: &CancellationToken) {
+    stopping.cancelled().await;
+    if !synced.is_cancelled() {
+        warn!("stopping before the caches synced; nothing was written");
+        return;
+    }
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish in time; stopping anyway");
 }
 
 async fn wait_for_signal() {
