@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -39,36 +38,12 @@ fn workload(name: &str, replicas: i32, never_ready: bool) -> Deployment {
     .expect("deployment manifest")
 }
 
-/// Carries the operator's settings (its env), whatever its rollout state.
-fn traced(d: &Deployment) -> bool {
-    env_of(d, "app").contains_key("OTEL_SERVICE_NAME")
-}
-
-/// Its controller reports the current template rolled out and available.
-fn rolled_out(d: &Deployment) -> bool {
-    let want = d.spec.replicas.unwrap_or(1);
-    d.status.as_ref().is_some_and(|s| {
-        s.observed_generation == d.metadata.generation
-            && s.updated_replicas == Some(want)
-            && s.available_replicas == Some(want)
-            && s.replicas == Some(want)
-    })
-}
-
 fn annotation<'a>(d: &'a Deployment, key: &str) -> Option<&'a str> {
     d.metadata
         .annotations
         .as_ref()?
         .get(key)
         .map(String::as_str)
-}
-
-async fn deployments(client: &Client, ns: &str) -> Vec<Deployment> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .expect("list deployments")
-        .items
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,15 +173,13 @@ fn failure_of<'a>(
     p.status.as_ref()?.failures.iter().find(|f| f.name == name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workload_that_never_becomes_ready_is_rolled_back_and_the_rest_proceed() {
-    shared_operator();
-    let client = support::client().await;
-    let test = "rollback";
-    let ns = broken_first(&client, test, "Rollback").await;
-
-    let p = wait_policy(
-        &client,
+/// Waits until `a-broken` is listed as failed and the two others are up to date.
+async fn wait_broken_failed_and_rest_done(
+    client: &Client,
+    test: &str,
+) -> tracing_operator::api::TracingPolicy {
+    wait_policy(
+        client,
         test,
         "a-broken failed and the others rolled out",
         |p| {
@@ -216,7 +189,17 @@ async fn a_workload_that_never_becomes_ready_is_rolled_back_and_the_rest_proceed
                     .is_some_and(|s| s.workloads.up_to_date == 2)
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_never_becomes_ready_is_rolled_back_and_the_rest_proceed() {
+    shared_operator();
+    let client = support::client().await;
+    let test = "rollback";
+    let ns = broken_first(&client, test, "Rollback").await;
+
+    let p = wait_broken_failed_and_rest_done(&client, test).await;
     let failure = failure_of(&p, "a-broken").expect("failure listed");
     assert_eq!(failure.reason, "PodsNotReady", "{failure:?}");
     assert!(
@@ -336,18 +319,7 @@ async fn on_failure_continue_keeps_the_settings_and_goes_on() {
     let client = support::client().await;
     let test = "continue";
     let ns = broken_first(&client, test, "Continue").await;
-    let p = wait_policy(
-        &client,
-        test,
-        "a-broken failed, the others rolled out",
-        |p| {
-            failure_of(p, "a-broken").is_some()
-                && p.status
-                    .as_ref()
-                    .is_some_and(|s| s.workloads.up_to_date == 2)
-        },
-    )
-    .await;
+    let p = wait_broken_failed_and_rest_done(&client, test).await;
     assert_eq!(
         failure_of(&p, "a-broken").map(|f| f.reason.as_str()),
         Some("PodsNotReady")

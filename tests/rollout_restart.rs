@@ -13,9 +13,6 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::ListParams;
-use kube::{Api, Client};
 use serde_json::json;
 
 use harness::*;
@@ -59,27 +56,6 @@ impl Drop for OperatorProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn traced(d: &Deployment) -> bool {
-    env_of(d, "app").contains_key("OTEL_SERVICE_NAME")
-}
-
-fn rolled_out(d: &Deployment) -> bool {
-    d.status.as_ref().is_some_and(|s| {
-        s.observed_generation == d.metadata.generation
-            && s.updated_replicas == Some(1)
-            && s.available_replicas == Some(1)
-            && s.replicas == Some(1)
-    })
-}
-
-async fn deployments(client: &Client, ns: &str) -> Vec<Deployment> {
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .expect("list deployments")
-        .items
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

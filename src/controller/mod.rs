@@ -296,20 +296,11 @@ async fn reconcile_invalid(invalid: &InvalidObject, ctx: &Arc<Context>) -> Resul
             })?;
         return Ok(Action::await_change());
     }
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "InvalidSpec".into(),
-        note: Some(format!(
-            "cannot read this TracingPolicy, so it is not enforced: {}",
-            invalid.error
-        )),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    ctx.metrics.api_write("create", "Event");
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        warn!(policy = %name, %error, "could not publish event");
-    }
+    let note = format!(
+        "cannot read this TracingPolicy, so it is not enforced: {}",
+        invalid.error
+    );
+    publish_event(ctx, &reference, EventType::Warning, "InvalidSpec", note).await;
     Ok(Action::await_change())
 }
 
@@ -900,21 +891,7 @@ async fn publish_on_policy(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    ctx.metrics.api_write("create", "Event");
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &policy_reference(policy))
-        .await
-    {
-        warn!(policy = %policy.name_any(), %error, "could not publish event");
-    }
+    publish_event(ctx, &policy_reference(policy), type_, reason, note).await;
 }
 
 async fn publish(ctx: &Context, id: &WorkloadId, type_: EventType, reason: &str, note: String) {
@@ -925,6 +902,17 @@ async fn publish(ctx: &Context, id: &WorkloadId, type_: EventType, reason: &str,
         name: Some(id.name.clone()),
         ..Default::default()
     };
+    publish_event(ctx, &reference, type_, reason, note).await;
+}
+
+/// Publishes an Event; a failure to publish is logged, never fails the reconcile.
+async fn publish_event(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -933,8 +921,8 @@ async fn publish(ctx: &Context, id: &WorkloadId, type_: EventType, reason: &str,
         secondary: None,
     };
     ctx.metrics.api_write("create", "Event");
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        warn!(workload = %id, %error, "could not publish event");
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        warn!(object = ?reference.name, kind = ?reference.kind, %error, "could not publish event");
     }
 }
 

@@ -373,3 +373,28 @@ where
     )
     .await
 }
+
+/// Carries the operator's settings in container `app`, whatever its rollout state.
+pub fn traced(d: &Deployment) -> bool {
+    env_of(d, "app").contains_key("OTEL_SERVICE_NAME")
+}
+
+/// Its controller reports the current template rolled out and available.
+pub fn rolled_out(d: &Deployment) -> bool {
+    let want = d.spec.replicas.unwrap_or(1);
+    d.status.as_ref().is_some_and(|s| {
+        s.observed_generation == d.metadata.generation
+            && s.updated_replicas == Some(want)
+            && s.available_replicas == Some(want)
+            && s.replicas == Some(want)
+    })
+}
+
+/// Every Deployment in `ns`.
+pub async fn deployments(client: &Client, ns: &str) -> Vec<Deployment> {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list deployments")
+        .items
+}
