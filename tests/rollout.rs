@@ -331,3 +331,43 @@ async fn on_failure_continue_keeps_the_settings_and_goes_on() {
     );
     delete_policy(&client, test).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_generation_reports_progress_before_its_writes_are_done() {
+    shared_operator();
+    let client = support::client().await;
+    let name = "early-status";
+    clear_policies(&client, &[name]).await;
+    let ns = namespace(&client, name, &[]).await;
+    for i in 0..100 {
+        create_deployment(&client, &ns, &workload(&format!("svc-{i:03}"), 1, false)).await;
+    }
+    // Immediate: one reconcile writes to all 100, paced by the client-side rate
+    // limit (20/s after a burst of 40, an apply and an Event each): several seconds.
+    apply_policy(
+        &client,
+        &policy(name, name, json!({"rollout": {"strategy": "Immediate"}})),
+    )
+    .await;
+    let p = wait_policy(&client, name, "a status for generation 1", |_| true).await;
+    let traced_then = deployments(&client, &ns)
+        .await
+        .iter()
+        .filter(|d| traced(d))
+        .count();
+    assert_eq!(condition(&p, "Progressing").as_deref(), Some("True"));
+    assert_eq!(p.status.as_ref().map(|s| s.workloads.selected), Some(100));
+    assert!(
+        traced_then < 100,
+        "status came only after all {traced_then} writes"
+    );
+    println!("first status for the new generation with {traced_then}/100 workloads written");
+    wait_policy(&client, name, "Ready 100/100", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+            && p.status
+                .as_ref()
+                .is_some_and(|s| s.workloads.up_to_date == 100)
+    })
+    .await;
+    delete_policy(&client, name).await;
+}

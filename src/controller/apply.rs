@@ -58,10 +58,33 @@ pub fn removal_body(id: &WorkloadId) -> Value {
     })
 }
 
+/// A write the API server (or the way to it) refused. Displays the server's own
+/// message and code, which is what logs, status, Events and the error status of
+/// the `apply` span show; the full error stays available as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", short_message(.0))]
+pub struct ApplyError(#[source] pub kube::Error);
+
+/// `message (code)` for an API error, the plain error otherwise.
+pub fn short_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
 /// Server-side applies `body` to the workload, paced by the client-side rate limit.
 /// Its span names the workload; a rejected apply marks it as an error.
 #[tracing::instrument(name = "apply", skip_all, err, fields(namespace = %id.namespace, kind = %id.kind, name = %id.name))]
-pub async fn apply(ctx: &Arc<Context>, id: &WorkloadId, body: &Value) -> Result<(), kube::Error> {
+pub async fn apply(ctx: &Arc<Context>, id: &WorkloadId, body: &Value) -> Result<(), ApplyError> {
+    apply_unlabelled(ctx, id, body).await.map_err(ApplyError)
+}
+
+async fn apply_unlabelled(
+    ctx: &Arc<Context>,
+    id: &WorkloadId,
+    body: &Value,
+) -> Result<(), kube::Error> {
     ctx.limiter.until_ready().await;
     ctx.metrics.api_write("patch", id.kind.as_str());
     let params = PatchParams::apply(FIELD_MANAGER);

@@ -95,12 +95,12 @@ pub struct Context {
 pub enum Error {
     #[error("caches stopped before they were ready")]
     CacheNotReady,
-    #[error("writing status of TracingPolicy {policy}: {source}")]
+    #[error("writing status of TracingPolicy {policy}: {}", apply::short_message(.source))]
     StatusWrite { policy: String, source: kube::Error },
     #[error("removing tracing from {workload}: {source}")]
     Cleanup {
         workload: String,
-        source: kube::Error,
+        source: apply::ApplyError,
     },
     #[error("finalizer of TracingPolicy {policy}: {message}")]
     Finalizer { policy: String, message: String },
@@ -239,7 +239,7 @@ fn error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(Duration::from_secs(10))
 }
 
-#[tracing::instrument(skip_all, fields(policy = %guarded.name_any()))]
+#[tracing::instrument(skip_all, err, fields(policy = %guarded.name_any()))]
 async fn reconcile(guarded: Arc<GuardedPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     match &guarded.0 {
         Ok(policy) => reconcile_valid(Arc::new(policy.clone()), ctx).await,
@@ -312,6 +312,13 @@ async fn reconcile_valid(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resul
         .map_err(|_| Error::CacheNotReady)?;
     let api = Api::<TracingPolicy>::all(ctx.client.clone());
     let name = policy.name_any();
+    // kube's finalizer helper patches the policy to add the finalizer (a live
+    // policy without it) or to drop it (a deleted policy with it); count that write.
+    let has_finalizer = policy.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = policy.metadata.deletion_timestamp.is_some();
+    if has_finalizer == deleting {
+        ctx.metrics.api_write("patch", "TracingPolicy");
+    }
     let result = finalizer(
         &api,
         FINALIZER,
@@ -439,6 +446,25 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
             .collect(),
         Mode::Enforce => match plan_rollout(&ctx, &me.name, &policy, &enforceable, &live, now) {
             Ok(steps) => {
+                // A new generation gets its status before the writes start: with
+                // many workloads they take a while at the client-side rate limit.
+                let new_generation = policy.status.as_ref().and_then(|s| s.observed_generation)
+                    != policy.metadata.generation;
+                let writes = steps.steps.iter().any(|s| {
+                    s.step.applies_plan() || matches!(s.step, rollout::RolloutStep::RollBack { .. })
+                });
+                if new_generation && writes {
+                    let preview = preview_outcomes(&enforceable, &steps, &held);
+                    write_status(
+                        &ctx,
+                        &policy,
+                        &plan,
+                        &preview,
+                        &problems,
+                        collectors.status.clone(),
+                    )
+                    .await?;
+                }
                 let outcomes = enforce_all(&ctx, &policy, &enforceable, &steps, &live, now).await;
                 rollout = Some(steps);
                 outcomes
@@ -453,13 +479,7 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
             }
         },
     };
-    outcomes.extend(held.into_iter().map(|id| {
-        let reason = format!(
-            "its collector in namespace {} cannot start (see the Degraded condition)",
-            id.namespace
-        );
-        (id, Outcome::Held { reason })
-    }));
+    outcomes.extend(held.iter().map(|id| (id.clone(), held_outcome(id))));
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
 
     let new_status = write_status(
@@ -488,6 +508,42 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
     Ok(Action::requeue(
         collectors.requeue_after().map_or(next, |r| r.min(next)),
     ))
+}
+
+/// The outcomes the planned steps will have if their writes succeed (removals
+/// aside), for the status written before a new generation's writes start.
+fn preview_outcomes(
+    plan: &plan::PolicyPlan,
+    rollout: &rollout::RolloutPlan,
+    held: &[WorkloadId],
+) -> Vec<(WorkloadId, Outcome)> {
+    let paused_by = rollout.paused_by.as_ref().map(ToString::to_string);
+    let mut outcomes: Vec<(WorkloadId, Outcome)> = rollout
+        .steps
+        .iter()
+        .map(|s| (s.id.clone(), step_outcome(&s.step, paused_by.clone())))
+        .collect();
+    outcomes.extend(plan.workloads.iter().filter_map(|d| match &d.action {
+        WorkloadAction::Conflicted { winner } => Some((
+            d.id.clone(),
+            Outcome::Conflicted {
+                winner: winner.clone(),
+            },
+        )),
+        _ => None,
+    }));
+    outcomes.extend(held.iter().map(|id| (id.clone(), held_outcome(id))));
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    outcomes
+}
+
+fn held_outcome(id: &WorkloadId) -> Outcome {
+    Outcome::Held {
+        reason: format!(
+            "its collector in namespace {} cannot start (see the Degraded condition)",
+            id.namespace
+        ),
+    }
 }
 
 /// The rollout step of every workload this policy applies to, from cluster state.
@@ -620,6 +676,29 @@ fn dry_run_outcome(
     }
 }
 
+/// What a rollout step amounts to in status, once its write (if any) succeeded.
+fn step_outcome(step: &rollout::RolloutStep, paused_by: Option<String>) -> Outcome {
+    use rollout::RolloutStep as Step;
+    match step {
+        Step::UpToDate => Outcome::UpToDate,
+        Step::RollingOut { .. } | Step::Start { .. } | Step::Restamp => Outcome::RollingOut,
+        Step::Queued => Outcome::Queued,
+        Step::Paused => Outcome::Paused {
+            by: paused_by.unwrap_or_else(|| "a workload".to_string()),
+        },
+        Step::Failed { reason, message } | Step::RolledBack { reason, message } => {
+            Outcome::Failed {
+                reason: (*reason).to_string(),
+                message: message.clone(),
+            }
+        }
+        Step::RollBack { reason, message } => Outcome::Failed {
+            reason: (*reason).to_string(),
+            message: rollout::rolled_back_message(message),
+        },
+    }
+}
+
 /// Carries out one workload's rollout step.
 async fn enforce(
     ctx: &Arc<Context>,
@@ -632,21 +711,8 @@ async fn enforce(
 ) -> (WorkloadId, Outcome) {
     use rollout::RolloutStep as Step;
     let policy_name = policy.name_any();
+    let done = step_outcome(step, paused_by);
     let outcome = match step {
-        Step::UpToDate => Outcome::UpToDate,
-        Step::RollingOut { .. } => Outcome::RollingOut,
-        Step::Queued => Outcome::Queued,
-        Step::Paused => Outcome::Paused {
-            by: paused_by.unwrap_or_else(|| "a workload".to_string()),
-        },
-        Step::Failed { reason, message } => Outcome::Failed {
-            reason: (*reason).to_string(),
-            message: message.clone(),
-        },
-        Step::RolledBack { reason, message } => Outcome::Failed {
-            reason: (*reason).to_string(),
-            message: message.clone(),
-        },
         Step::Start { .. } | Step::Restamp => {
             let annotations = rollout::applied_annotations(&policy_name, &p.config_hash, now);
             let body = apply::apply_body(id, p, &annotations);
@@ -666,13 +732,13 @@ async fn enforce(
                         )
                         .await;
                     }
-                    Outcome::RollingOut
+                    done
                 }
                 Err(error) => {
-                    warn!(workload = %id, policy = %policy_name, "apply rejected: {}", short_error(&error));
+                    warn!(workload = %id, policy = %policy_name, "apply rejected: {error}");
                     Outcome::Failed {
                         reason: rollout::REASON_APPLY_REJECTED.to_string(),
-                        message: format!("apply rejected: {}", short_error(&error)),
+                        message: format!("apply rejected: {error}"),
                     }
                 }
             }
@@ -682,23 +748,18 @@ async fn enforce(
                 rollout::rollback_annotations(&policy_name, &p.config_hash, reason, message, now);
             let body = apply::rollback_body(id, &annotations);
             match apply::apply(ctx, id, &body).await {
+                // The RolloutFailed Event follows from the status change (`announce`).
                 Ok(()) => {
-                    // The RolloutFailed Event follows from the status change (`announce`).
                     warn!(workload = %id, policy = %policy_name, %reason, "rollout failed; removed the tracing settings again");
-                    Outcome::Failed {
-                        reason: (*reason).to_string(),
-                        message: rollout::rolled_back_message(message),
-                    }
+                    done
                 }
                 Err(error) => Outcome::Failed {
                     reason: (*reason).to_string(),
-                    message: format!(
-                        "{message}; the rollback was rejected: {}",
-                        short_error(&error)
-                    ),
+                    message: format!("{message}; the rollback was rejected: {error}"),
                 },
             }
         }
+        _ => done,
     };
     (id.clone(), outcome)
 }
@@ -717,23 +778,18 @@ async fn remove_if_needed(
             id.clone(),
             Outcome::Failed {
                 reason: "RemoveRejected".into(),
-                message: short_error(&error),
+                message: error.to_string(),
             },
         ));
     }
     None
 }
 
-/// The API server's own message for a rejected request, without the debug dump
-/// of its `Status` (that goes to the debug log).
-fn short_error(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
-        other => other.to_string(),
-    }
-}
-
-async fn remove(ctx: &Arc<Context>, id: &WorkloadId, policy: &str) -> Result<(), kube::Error> {
+async fn remove(
+    ctx: &Arc<Context>,
+    id: &WorkloadId,
+    policy: &str,
+) -> Result<(), apply::ApplyError> {
     apply::apply(ctx, id, &apply::removal_body(id)).await?;
     info!(workload = %id, %policy, "removed tracing settings");
     publish(
@@ -920,6 +976,8 @@ async fn publish_event(
         action: "Reconcile".into(),
         secondary: None,
     };
+    // Events are writes too: they share the client-side rate limit.
+    ctx.limiter.until_ready().await;
     ctx.metrics.api_write("create", "Event");
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
         warn!(object = ?reference.name, kind = ?reference.kind, %error, "could not publish event");
