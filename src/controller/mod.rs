@@ -399,7 +399,16 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
                 reason: "InvalidSelector",
                 message: error.to_string(),
             }];
-            write_status(&ctx, &policy, &Default::default(), &[], &problems, None).await?;
+            write_status(
+                &ctx,
+                &policy,
+                policy.status.as_ref(),
+                &Default::default(),
+                &[],
+                &problems,
+                None,
+            )
+            .await?;
             return Ok(Action::requeue(RESYNC));
         }
     };
@@ -438,6 +447,7 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
         workloads.iter().map(|w| (&w.id, w)).collect();
     let now = Timestamp::now();
     let mut rollout = None;
+    let mut current = policy.status.clone();
     let mut outcomes: Vec<(WorkloadId, Outcome)> = match policy.spec.mode {
         Mode::DryRun => enforceable
             .workloads
@@ -455,15 +465,17 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
                 });
                 if new_generation && writes {
                     let preview = preview_outcomes(&enforceable, &steps, &held);
-                    write_status(
+                    let written = write_status(
                         &ctx,
                         &policy,
+                        current.as_ref(),
                         &plan,
                         &preview,
                         &problems,
                         collectors.status.clone(),
                     )
                     .await?;
+                    current = Some(written);
                 }
                 let outcomes = enforce_all(&ctx, &policy, &enforceable, &steps, &live, now).await;
                 rollout = Some(steps);
@@ -485,6 +497,7 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
     let new_status = write_status(
         &ctx,
         &policy,
+        current.as_ref(),
         &plan,
         &outcomes,
         &problems,
@@ -840,9 +853,13 @@ async fn remove_all_of(ctx: &Arc<Context>, name: &str) -> Result<usize, Error> {
     Ok(owned.len())
 }
 
+/// Writes the status computed from this reconcile unless it equals `previous`
+/// (what the policy carries: its stored status, or the one this reconcile wrote
+/// before its writes); returns the status the policy now carries.
 async fn write_status(
     ctx: &Context,
     policy: &TracingPolicy,
+    previous: Option<&TracingPolicyStatus>,
     plan: &plan::PolicyPlan,
     outcomes: &[(WorkloadId, Outcome)],
     problems: &[Problem],
@@ -852,14 +869,14 @@ async fn write_status(
     let new = status::compute(&status::StatusInput {
         generation: policy.metadata.generation,
         spec: &policy.spec,
-        previous: policy.status.as_ref(),
+        previous,
         plan,
         outcomes,
         problems,
         collector,
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
-    if policy.status.as_ref() == Some(&new) {
+    if previous == Some(&new) {
         return Ok(new);
     }
     ctx.limiter.until_ready().await;
