@@ -28,12 +28,6 @@ static TURN: Mutex<()> = Mutex::const_new(());
 const CONFIG_HASH: &str = "tracing.caas.io/config-hash";
 const BACKEND: &str = "http://jaeger.observability.svc:4317";
 
-/// A name for this run, so namespaces or policies a failed earlier run left
-/// behind are never selected.
-fn unique(base: &str) -> String {
-    format!("{base}-{}", std::process::id())
-}
-
 fn collector(policy: &str) -> String {
     format!("{policy}-collector")
 }
@@ -169,42 +163,26 @@ async fn generation(client: &Client, ns: &str, name: &str) -> i64 {
     d.metadata.generation.expect("generation")
 }
 
-/// Deletes a test's policy and namespaces when the test ends, passed or not, so
-/// a failed run leaves nothing for the next one (or another test binary) to trip over.
-struct Cleanup {
-    policy: String,
-    namespaces: Vec<String>,
+/// A test's name for this run (its policy's and its namespaces' label), the
+/// namespace its policy selects and one for its collector: all deleted when the
+/// test ends, passed or not, so a failed run leaves nothing for the next one (or
+/// another test binary) to trip over.
+struct Case {
+    test: String,
+    apps: String,
+    obs: String,
+    _cleanup: support::Cleanup,
 }
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = support::kubectl()
-            .args([
-                "delete",
-                "tracingpolicy",
-                &self.policy,
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .output();
-        for ns in &self.namespaces {
-            let _ = support::kubectl()
-                .args([
-                    "delete",
-                    "namespace",
-                    ns,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ])
-                .output();
-        }
-    }
-}
-
-fn cleanup(policy: &str, namespaces: &[&String]) -> Cleanup {
-    Cleanup {
-        policy: policy.to_string(),
-        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+async fn case(client: &Client, base: &str) -> Case {
+    let test = support::unique(base);
+    let apps = namespace(client, &test, &[]).await;
+    let obs = support::fresh_namespace(client, &format!("{base}-obs"), &[]).await;
+    Case {
+        _cleanup: support::Cleanup::new(&[&test], &[&apps, &obs]),
+        test,
+        apps,
+        obs,
     }
 }
 
@@ -213,10 +191,12 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
     let _turn = TURN.lock().await;
     let operator = shared_operator();
     let client = support::client().await;
-    let test = unique("coll-central");
-    let apps = namespace(&client, &test, &[]).await;
-    let obs = support::fresh_namespace(&client, "coll-central-obs", &[]).await;
-    let _cleanup = cleanup(&test, &[&apps, &obs]);
+    let Case {
+        test,
+        apps,
+        obs,
+        _cleanup,
+    } = case(&client, "coll-central").await;
     create_deployment(
         &client,
         &apps,
@@ -393,10 +373,10 @@ async fn per_namespace_placement_runs_one_collector_in_each_selected_namespace()
     let _turn = TURN.lock().await;
     shared_operator();
     let client = support::client().await;
-    let test = unique("coll-perns");
+    let test = support::unique("coll-perns");
     let a = namespace(&client, &test, &[]).await;
     let b = namespace(&client, &test, &[]).await;
-    let _cleanup = cleanup(&test, &[&a, &b]);
+    let _cleanup = support::Cleanup::new(&[&test], &[&a, &b]);
     for ns in [&a, &b] {
         create_deployment(
             &client,
@@ -459,10 +439,12 @@ async fn a_missing_headers_secret_degrades_and_touches_no_workload_until_it_exis
     let _turn = TURN.lock().await;
     let operator = shared_operator();
     let client = support::client().await;
-    let test = unique("coll-secret");
-    let apps = namespace(&client, &test, &[]).await;
-    let obs = support::fresh_namespace(&client, "coll-secret-obs", &[]).await;
-    let _cleanup = cleanup(&test, &[&apps, &obs]);
+    let Case {
+        test,
+        apps,
+        obs,
+        _cleanup,
+    } = case(&client, "coll-secret").await;
     let secret = "vendor-headers";
     apply_policy(
         &client,
@@ -571,10 +553,12 @@ async fn turning_the_collector_off_deletes_it_and_workloads_export_to_the_backen
     let _turn = TURN.lock().await;
     shared_operator();
     let client = support::client().await;
-    let test = unique("coll-off");
-    let apps = namespace(&client, &test, &[]).await;
-    let obs = support::fresh_namespace(&client, "coll-off-obs", &[]).await;
-    let _cleanup = cleanup(&test, &[&apps, &obs]);
+    let Case {
+        test,
+        apps,
+        obs,
+        _cleanup,
+    } = case(&client, "coll-off").await;
     create_deployment(
         &client,
         &apps,

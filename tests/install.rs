@@ -20,9 +20,13 @@
 
 mod support;
 
+#[path = "operator/harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -33,13 +37,13 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing_operator::api::TracingPolicy;
+
+use support::process::OperatorProcess;
 
 /// The testbed's Kubernetes release; offline `helm template` assumes an old one otherwise.
 const KUBE_VERSION: &str = "1.37.2";
@@ -50,8 +54,6 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Slack on top of the lease duration for a takeover: the standby's poll period
 /// (an eighth of the duration) plus the API round trips of a loaded 2-core machine.
 const TAKEOVER_MARGIN: Duration = Duration::from_secs(5);
-/// Label selecting a test's workload namespaces.
-const CASE_LABEL: &str = "tracing-test.caas.io/case";
 
 /// Held by every test that runs operator processes (see the module docs).
 static OPERATORS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -79,145 +81,27 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn policy_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("tracing.caas.io", "v1alpha1", "TracingPolicy"),
-        "tracingpolicies",
-    )
+/// A policy without a collector, rolled out at once, selecting the
+/// namespaces labelled for `case`, with head sampling `ratio`.
+fn policy(name: &str, case: &str, ratio: f64) -> TracingPolicy {
+    harness::policy(name, case, json!({"sampling": {"ratio": ratio}}))
 }
 
-fn policies(client: &Client) -> Api<DynamicObject> {
-    Api::all_with(client.clone(), &policy_resource())
-}
-
-/// A policy without a collector, rolled out at once, selecting the namespaces
-/// labelled `CASE_LABEL=case`, with head sampling `ratio`.
-fn policy(name: &str, case: &str, ratio: f64) -> Value {
-    json!({
-        "apiVersion": "tracing.caas.io/v1alpha1",
-        "kind": "TracingPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"namespaces": {"matchLabels": {CASE_LABEL: case}}},
-            "sampling": {"ratio": ratio},
-            "collector": {"enabled": false},
-            "backends": [{"name": "jaeger", "type": "jaeger", "endpoint": "http://jaeger.observability.svc:4317"}],
-            "rollout": {"strategy": "Immediate"}
-        }
-    })
-}
-
-/// Applies `policy` as a user would (`kubectl apply --server-side`).
-async fn apply_policy(client: &Client, policy: &Value) {
-    let name = policy["metadata"]["name"].as_str().expect("policy name");
-    policies(client)
-        .patch(
-            name,
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(policy),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("applying TracingPolicy {name}: {e}"));
-}
-
-/// The status of condition `type_` of a policy whose status describes its current generation.
-fn current_condition(policy: &DynamicObject, type_: &str) -> Option<String> {
-    let status = policy.data.get("status")?;
-    if status.get("observedGeneration")?.as_i64() != policy.metadata.generation {
-        return None;
-    }
-    status
-        .get("conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .and_then(|c| c["status"].as_str())
-        .map(str::to_string)
+fn policy_ready(p: &TracingPolicy) -> bool {
+    harness::condition(p, "Ready").as_deref() == Some("True")
 }
 
 async fn wait_policy_ready(client: &Client, name: &str) {
-    let api = policies(client);
-    support::wait_until(
-        &format!("TracingPolicy {name} is Ready for its current generation"),
-        Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let p = api.get(name).await.ok()?;
-                (current_condition(&p, "Ready").as_deref() == Some("True")).then_some(())
-            }
-        },
-    )
-    .await;
+    harness::wait_policy(client, name, "Ready", policy_ready).await;
 }
 
-/// Deletes a policy and waits until its finalizer ran (an operator must be running).
-async fn delete_policy(client: &Client, name: &str) {
-    let api = policies(client);
-    let _ = api.delete(name, &Default::default()).await;
-    support::wait_until(
-        &format!("TracingPolicy {name} is deleted"),
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }
-        },
-    )
-    .await;
-}
-
-async fn wait_until_crd_served(client: &Client) {
-    let api = policies(client);
-    support::wait_until(
-        "TracingPolicies can be listed",
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move { api.list(&ListParams::default()).await.ok().map(|_| ()) }
-        },
-    )
-    .await;
-}
-
-fn web_deployment() -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "app", "image": "example.com/web:1.2.3"}]}
-            }
-        }
-    }))
-    .expect("deployment manifest")
-}
-
-/// Creates a namespace labelled `CASE_LABEL=case` holding Deployment `web`.
-async fn workload_namespace(client: &Client, case: &str, cleanup: &mut Cleanup) -> String {
-    let ns = support::fresh_namespace(client, case, &[(CASE_LABEL, case)]).await;
+/// Creates a namespace labelled for `case` holding Deployment `web`.
+async fn workload_namespace(client: &Client, case: &str, cleanup: &mut support::Cleanup) -> String {
+    let ns = harness::namespace(client, case, &[]).await;
     cleanup.namespaces.push(ns.clone());
-    Api::<Deployment>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &web_deployment())
-        .await
-        .expect("Deployment web created");
+    let web = harness::deployment("web", &[], &[("app", "example.com/web:1.2.3", &[])]);
+    harness::create_deployment(client, &ns, &web).await;
     ns
-}
-
-fn env_of(d: &Deployment) -> std::collections::BTreeMap<String, String> {
-    d.spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.env.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| (e.name, e.value.unwrap_or_default()))
-        .collect()
 }
 
 /// Waits until Deployment `web` in `ns` has `OTEL_TRACES_SAMPLER_ARG` = `ratio`
@@ -226,24 +110,22 @@ async fn wait_web_sampling(
     client: &Client,
     ns: &str,
     ratio: Option<&str>,
-) -> std::collections::BTreeMap<String, String> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    support::wait_until(
-        &format!("Deployment {ns}/web has OTEL_TRACES_SAMPLER_ARG={ratio:?}"),
-        Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let env = env_of(&api.get("web").await.ok()?);
-                let ok = match ratio {
-                    Some(r) => env.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str) == Some(r),
-                    None => !env.keys().any(|k| k.starts_with("OTEL_")),
-                };
-                ok.then_some(env)
+) -> BTreeMap<String, String> {
+    let web = harness::wait_deployment(
+        client,
+        ns,
+        "web",
+        &format!("OTEL_TRACES_SAMPLER_ARG={ratio:?}"),
+        |d| {
+            let env = harness::env_of(d, "app");
+            match ratio {
+                Some(r) => env.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str) == Some(r),
+                None => !env.keys().any(|k| k.starts_with("OTEL_")),
             }
         },
     )
-    .await
+    .await;
+    harness::env_of(&web, "app")
 }
 
 async fn lease(client: &Client, ns: &str) -> Option<Lease> {
@@ -263,29 +145,6 @@ fn holder(lease: &Option<Lease>) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address")
-}
-
-/// A plain HTTP/1.1 GET: (status, lower-cased headers, body).
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, head.to_ascii_lowercase(), body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// The value of the sample `series` (name plus labels, exactly as exposed).
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
@@ -298,70 +157,40 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// An operator process, killed (and its log tail printed, on failure) when dropped.
-struct Operator {
-    identity: String,
-    addr: SocketAddr,
-    log: PathBuf,
-    child: Child,
+/// `tracing-operator run --identity=<identity> <args>`, logging to `<dir>/<identity>.log`.
+fn start_operator(identity: &str, dir: &Path, kubeconfig: &Path, args: &[&str]) -> OperatorProcess {
+    let identity_arg = format!("--identity={identity}");
+    let args: Vec<&str> = [identity_arg.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    OperatorProcess::start(identity, dir, kubeconfig, &args, &[])
 }
 
-impl Operator {
-    /// Starts `tracing-operator run` with `args` plus --metrics-addr and --identity.
-    fn start(identity: &str, log_dir: &Path, kubeconfig: &Path, args: &[&str]) -> Operator {
-        let addr = free_addr();
-        let log = log_dir.join(format!("{identity}.log"));
-        let stderr = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tracing-operator"))
-            .arg("run")
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--metrics-addr={addr}"))
-            .arg(format!("--identity={identity}"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            // The test's own environment must not configure the operator.
-            .env_remove("KUBECONFIG")
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start tracing-operator");
-        Operator {
-            identity: identity.to_string(),
-            addr,
-            log,
-            child,
-        }
+/// The operator's health server, as the kubelet and Prometheus see it; `name`
+/// is the process's --identity.
+impl OperatorProcess {
+    /// A GET on the health server: (status, lower-cased head, body).
+    fn get(&self, path: &str) -> Option<(u16, String, String)> {
+        support::http_get(self.metrics_addr.port(), path).ok()
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String, String)> {
-        http_get(self.addr, path).await
-    }
-
-    async fn metrics(&self) -> String {
-        match self.get("/metrics").await {
+    fn metrics(&self) -> String {
+        match self.get("/metrics") {
             Some((200, _, body)) => body,
-            other => panic!("{}: GET /metrics answered {other:?}", self.identity),
+            other => panic!("{}: GET /metrics answered {other:?}", self.name),
         }
     }
 
-    async fn metric(&self, series: &str) -> f64 {
-        sample(&self.metrics().await, series).unwrap_or(0.0)
+    fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics(), series).unwrap_or(0.0)
     }
 
     async fn wait_ready(&self) {
         support::wait_until(
-            &format!("{} answers /readyz 200", self.identity),
+            &format!("{} answers /readyz 200", self.name),
             Duration::from_secs(60),
-            || async { matches!(self.get("/readyz").await, Some((200, _, _))).then_some(()) },
+            || async { matches!(self.get("/readyz"), Some((200, _, _))).then_some(()) },
         )
         .await;
     }
@@ -371,7 +200,7 @@ impl Operator {
     /// until its caches synced.)
     async fn wait_synced(&self) {
         support::wait_until(
-            &format!("{} logged that its caches synced", self.identity),
+            &format!("{} logged that its caches synced", self.name),
             Duration::from_secs(60),
             || async { self.log().contains("caches synced").then_some(()) },
         )
@@ -382,113 +211,40 @@ impl Operator {
     /// Waits until the health server answers, so /metrics can be read.
     async fn wait_serving(&self) {
         support::wait_until(
-            &format!("{} answers /healthz", self.identity),
+            &format!("{} answers /healthz", self.name),
             Duration::from_secs(30),
-            || async { self.get("/healthz").await.map(|_| ()) },
+            || async { self.get("/healthz").map(|_| ()) },
         )
         .await;
     }
-
-    fn sigkill(&mut self) {
-        self.child.kill().expect("SIGKILL the operator");
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits (up to `timeout`) for the process to exit.
-    async fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
-        run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        support::wait_until(
-            &format!("{} exits after SIGTERM", self.identity),
-            timeout,
-            || {
-                let status = self.child.try_wait().expect("operator status");
-                async move { status }
-            },
-        )
-        .await
-    }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!(
-                "--- last lines of {} ({}):",
-                self.identity,
-                self.log.display()
-            );
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
+/// What a test of operator processes without `helm install` starts from: the
+/// chart's CRD, a namespace for the operators' Lease (`home`), the case's name
+/// `<prefix>-<unique>`, a workload namespace labelled for it with Deployment
+/// `web`, and the name `install-<case>` of the policy that will select it; all
+/// removed by `cleanup`.
+struct Case {
+    home: String,
+    case: String,
+    workloads: String,
+    policy: String,
+}
+
+async fn new_case(admin: &Client, prefix: &str, cleanup: &mut support::Cleanup) -> Case {
+    crd_installed(admin).await;
+    let home = support::fresh_namespace(admin, &format!("tracing-operator-{prefix}"), &[]).await;
+    cleanup.namespaces.push(home.clone());
+    let case = support::unique(prefix);
+    let workloads = workload_namespace(admin, &case, cleanup).await;
+    let policy = format!("install-{case}");
+    cleanup.policies.push(policy.clone());
+    Case {
+        home,
+        case,
+        workloads,
+        policy,
     }
-}
-
-/// Removes what a test created, also when it fails. Declare it before the
-/// [`Operator`]s so they are killed first.
-#[derive(Default)]
-struct Cleanup {
-    policies: Vec<String>,
-    /// (release, namespace)
-    releases: Vec<(String, String)>,
-    namespaces: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.policies {
-            // A test that got this far without failing deleted it already, with
-            // its finalizer run; otherwise no operator is left to run it.
-            let _ = support::kubectl()
-                .args([
-                    "delete",
-                    "tracingpolicy",
-                    name,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ])
-                .output();
-            let _ = support::kubectl()
-                .args(["patch", "tracingpolicy", name, "--type=merge"])
-                .args(["-p", r#"{"metadata":{"finalizers":null}}"#])
-                .output();
-        }
-        for (release, namespace) in &self.releases {
-            let _ = helm()
-                .args([
-                    "uninstall",
-                    release,
-                    "--namespace",
-                    namespace,
-                    "--ignore-not-found",
-                ])
-                .output();
-        }
-        for ns in &self.namespaces {
-            let _ = support::kubectl()
-                .args([
-                    "delete",
-                    "namespace",
-                    ns,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ])
-                .output();
-        }
-    }
-}
-
-/// A unique suffix for names and identities of one test run.
-fn suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{:x}{:x}", std::process::id() % 0xfff, nanos % 0xfffff)
 }
 
 // ------------------------------------------------------------------ the chart
@@ -499,7 +255,7 @@ fn suffix() -> String {
 #[tokio::test]
 async fn rendered_chart_passes_a_server_side_dry_run_apply() {
     let client = support::client().await;
-    let mut cleanup = Cleanup::default();
+    let mut cleanup = support::Cleanup::default();
     let ns = support::fresh_namespace(&client, "tracing-operator-dryrun", &[]).await;
     cleanup.namespaces.push(ns.clone());
     let scratch = support::Scratch::new("install-dryrun").expect("scratch dir");
@@ -689,7 +445,7 @@ async fn can(
 async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     let _operators = OPERATORS.lock().await;
     let admin = support::client().await;
-    let mut cleanup = Cleanup::default();
+    let mut cleanup = support::Cleanup::default();
     let scratch = support::Scratch::new("install-rbac").expect("scratch dir");
 
     let release_ns = support::fresh_namespace(&admin, "tracing-operator-rbac", &[]).await;
@@ -697,14 +453,22 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     // The release's name is the namespace's: its ClusterRole and binding are
     // cluster-scoped and must not collide with another install.
     let release = release_ns.clone();
-    cleanup.releases.push((release.clone(), release_ns.clone()));
+    let mut uninstall = helm();
+    uninstall.args([
+        "uninstall",
+        &release,
+        "--namespace",
+        &release_ns,
+        "--ignore-not-found",
+    ]);
+    cleanup.commands.push(uninstall);
     run_ok(
         helm()
             .args(["install", &release])
             .arg(chart())
             .args(["--namespace", &release_ns]),
     );
-    wait_until_crd_served(&admin).await;
+    harness::wait_crd_served(&admin).await;
 
     // The chart's ServiceAccount, whatever the chart names it.
     let accounts = Api::<ServiceAccount>::namespaced(admin.clone(), &release_ns)
@@ -756,13 +520,13 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         "the token authenticates as the chart's ServiceAccount"
     );
 
-    let case = format!("rbac-{}", suffix());
+    let case = support::unique("rbac");
     let workloads = workload_namespace(&admin, &case, &mut cleanup).await;
     let policy_name = format!("install-{case}");
     cleanup.policies.push(policy_name.clone());
 
-    let identity = format!("rbac-{}", suffix());
-    let mut operator = Operator::start(
+    let identity = support::unique("rbac");
+    let mut operator = start_operator(
         &identity,
         scratch.path(),
         &kubeconfig,
@@ -781,7 +545,7 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     .await;
     operator.wait_synced().await;
 
-    apply_policy(&admin, &policy(&policy_name, &case, 0.1)).await;
+    harness::apply_policy(&admin, &policy(&policy_name, &case, 0.1)).await;
     let env = wait_web_sampling(&admin, &workloads, Some("0.1")).await;
     assert_eq!(
         env.get("OTEL_SERVICE_NAME").map(String::as_str),
@@ -800,12 +564,10 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     // This process did the writing: its metrics count the patch, and the Event
     // on the Deployment names it as the reporting instance.
     assert!(
-        operator
-            .metric(r#"tracing_operator_api_writes_total{verb="patch",kind="Deployment"}"#)
-            .await
+        operator.metric(r#"tracing_operator_api_writes_total{verb="patch",kind="Deployment"}"#)
             >= 1.0,
         "{}",
-        operator.metrics().await
+        operator.metrics()
     );
     let events = support::wait_until(
         "an Event from this operator instance on Deployment web",
@@ -921,7 +683,7 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     }
 
     // Deleting the policy runs the operator's cleanup with the same token.
-    delete_policy(&admin, &policy_name).await;
+    harness::delete_policy(&admin, &policy_name).await;
     wait_web_sampling(&admin, &workloads, None).await;
 
     // The example policy (central collector, progressive rollout) with the
@@ -961,10 +723,10 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
 /// its central collector in another: the operator (running with the chart's
 /// ServiceAccount) deploys the collector, rolls tracing out progressively to
 /// Ready, and removes both when the policy is deleted.
-async fn example_policy_reconciles(admin: &Client, cleanup: &mut Cleanup) {
+async fn example_policy_reconciles(admin: &Client, cleanup: &mut support::Cleanup) {
     let examples = support::repo().join("examples");
-    let case = format!("example-{}", suffix());
-    let services = support::fresh_namespace(admin, &case, &[(CASE_LABEL, &case)]).await;
+    let case = support::unique("example");
+    let services = harness::namespace(admin, &case, &[]).await;
     cleanup.namespaces.push(services.clone());
     let collector_ns = support::fresh_namespace(admin, "example-observability", &[]).await;
     cleanup.namespaces.push(collector_ns.clone());
@@ -994,29 +756,32 @@ async fn example_policy_reconciles(admin: &Client, cleanup: &mut Cleanup) {
     let name = format!("install-{case}");
     cleanup.policies.push(name.clone());
     policy["metadata"]["name"] = json!(name);
-    policy["spec"]["selector"]["namespaces"] = json!({"matchLabels": {CASE_LABEL: case}});
+    let (key, value) = harness::test_label(&case);
+    policy["spec"]["selector"]["namespaces"] = json!({"matchLabels": {key: value}});
     policy["spec"]["collector"]["namespace"] = json!(collector_ns);
-    apply_policy(admin, &policy).await;
+    // Applied untyped, as the file reads, the way `kubectl apply --server-side` would.
+    Api::<DynamicObject>::all_with(admin.clone(), &ApiResource::erase::<TracingPolicy>(&()))
+        .patch(
+            &name,
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying TracingPolicy {name}: {e}"));
 
-    let api = policies(admin);
-    support::wait_until(
-        &format!("example TracingPolicy {name} is Ready"),
+    harness::wait_policy_within(
+        admin,
+        &name,
+        "the example is Ready",
         Duration::from_secs(180),
-        || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let p = api.get(&name).await.ok()?;
-                (current_condition(&p, "Ready").as_deref() == Some("True")).then_some(())
-            }
-        },
+        policy_ready,
     )
     .await;
     let gateway = Api::<Deployment>::namespaced(admin.clone(), &services)
         .get("gateway")
         .await
         .expect("gateway");
-    let env = env_of(&gateway);
+    let env = harness::env_of(&gateway, "gateway");
     assert_eq!(
         env.get("OTEL_SERVICE_NAME").map(String::as_str),
         Some("api-gateway")
@@ -1060,7 +825,7 @@ async fn example_policy_reconciles(admin: &Client, cleanup: &mut Cleanup) {
         "collector Deployment, ConfigMap, Service: {d}, {c}, {s}"
     );
 
-    delete_policy(admin, &name).await;
+    harness::delete_policy(admin, &name).await;
     support::wait_until(
         "the collector's Deployment, ConfigMap and Service go with the policy",
         Duration::from_secs(60),
@@ -1071,7 +836,7 @@ async fn example_policy_reconciles(admin: &Client, cleanup: &mut Cleanup) {
         .get("gateway")
         .await
         .expect("gateway");
-    let env = env_of(&gateway);
+    let env = harness::env_of(&gateway, "gateway");
     assert!(
         !env.keys().any(|k| k.starts_with("OTEL_")) && env.contains_key("NODE_ENV"),
         "tracing removed, the gateway's own env kept: {env:?}"
@@ -1087,21 +852,19 @@ async fn example_policy_reconciles(admin: &Client, cleanup: &mut Cleanup) {
 async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() {
     let _operators = OPERATORS.lock().await;
     let admin = support::client().await;
-    let mut cleanup = Cleanup::default();
+    let mut cleanup = support::Cleanup::default();
     let scratch = support::Scratch::new("install-leader").expect("scratch dir");
-    crd_installed(&admin).await;
-
-    let home = support::fresh_namespace(&admin, "tracing-operator-le", &[]).await;
-    cleanup.namespaces.push(home.clone());
-    let case = format!("le-{}", suffix());
-    let workloads = workload_namespace(&admin, &case, &mut cleanup).await;
-    let policy_name = format!("install-{case}");
-    cleanup.policies.push(policy_name.clone());
+    let Case {
+        home,
+        case,
+        workloads,
+        policy: policy_name,
+    } = new_case(&admin, "le", &mut cleanup).await;
 
     let kubeconfig = support::kubeconfig();
     let args = ["--namespace", home.as_str(), "--leader-elect"];
-    let a = Operator::start(&format!("{case}-a"), scratch.path(), &kubeconfig, &args);
-    let b = Operator::start(&format!("{case}-b"), scratch.path(), &kubeconfig, &args);
+    let a = start_operator(&format!("{case}-a"), scratch.path(), &kubeconfig, &args);
+    let b = start_operator(&format!("{case}-b"), scratch.path(), &kubeconfig, &args);
     let leader_id = support::wait_until(
         "one of the two processes holds the Lease",
         Duration::from_secs(60),
@@ -1113,8 +876,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() 
     )
     .await;
     let (mut leader, mut standby) = match leader_id {
-        id if id == a.identity => (a, b),
-        id if id == b.identity => (b, a),
+        id if id == a.name => (a, b),
+        id if id == b.name => (b, a),
         id => panic!("the Lease is held by {id}, neither of the two processes"),
     };
     let held = lease(&admin, &home)
@@ -1129,21 +892,21 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() 
     // By design a standby is ready too, so a rolling upgrade can replace the leader.
     standby.wait_ready().await;
 
-    apply_policy(&admin, &policy(&policy_name, &case, 0.1)).await;
+    harness::apply_policy(&admin, &policy(&policy_name, &case, 0.1)).await;
     wait_web_sampling(&admin, &workloads, Some("0.1")).await;
     wait_policy_ready(&admin, &policy_name).await;
-    let reconciled = leader.metric("tracing_operator_reconciles_total").await;
+    let reconciled = leader.metric("tracing_operator_reconciles_total");
     assert!(reconciled >= 1.0, "the leader reconciled the new policy");
 
-    apply_policy(&admin, &policy(&policy_name, &case, 0.25)).await;
+    harness::apply_policy(&admin, &policy(&policy_name, &case, 0.25)).await;
     wait_web_sampling(&admin, &workloads, Some("0.25")).await;
     wait_policy_ready(&admin, &policy_name).await;
-    let leader_metrics = leader.metrics().await;
+    let leader_metrics = leader.metrics();
     assert!(
         sample(&leader_metrics, "tracing_operator_reconciles_total").unwrap_or(0.0) > reconciled,
         "the leader reconciled the change:\n{leader_metrics}"
     );
-    let standby_metrics = standby.metrics().await;
+    let standby_metrics = standby.metrics();
     assert_eq!(
         sample(&standby_metrics, "tracing_operator_reconciles_total"),
         Some(0.0),
@@ -1155,7 +918,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() 
     );
     assert_eq!(
         holder(&lease(&admin, &home).await),
-        Some(leader.identity.clone())
+        Some(leader.name.clone())
     );
     assert!(standby.log().contains("standing by"), "{}", standby.log());
 
@@ -1175,7 +938,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() 
     let mut last_seen = None;
     while killed.elapsed() < LEASE_DURATION + TAKEOVER_MARGIN {
         last_seen = lease(&admin, &home).await;
-        if holder(&last_seen).as_deref() == Some(standby.identity.as_str()) {
+        if holder(&last_seen).as_deref() == Some(standby.name.as_str()) {
             takeover = Some(killed.elapsed());
             break;
         }
@@ -1198,11 +961,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() 
         LEASE_DURATION.as_secs()
     );
 
-    let before = standby.metric("tracing_operator_reconciles_total").await;
-    apply_policy(&admin, &policy(&policy_name, &case, 0.5)).await;
+    let before = standby.metric("tracing_operator_reconciles_total");
+    harness::apply_policy(&admin, &policy(&policy_name, &case, 0.5)).await;
     wait_web_sampling(&admin, &workloads, Some("0.5")).await;
     wait_policy_ready(&admin, &policy_name).await;
-    let new_leader = standby.metrics().await;
+    let new_leader = standby.metrics();
     assert!(
         sample(&new_leader, "tracing_operator_reconciles_total").unwrap_or(0.0) > before
             && sample(
@@ -1214,7 +977,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_within_the_lease() 
         "the new leader reconciled the change and patched the Deployment:\n{new_leader}"
     );
 
-    delete_policy(&admin, &policy_name).await;
+    harness::delete_policy(&admin, &policy_name).await;
     wait_web_sampling(&admin, &workloads, None).await;
 
     let status = standby.sigterm(Duration::from_secs(30)).await;
@@ -1253,7 +1016,7 @@ async fn crd_installed(client: &Client) {
         out.status.success() || stderr.contains("AlreadyExists"),
         "creating the CRD: {stderr}"
     );
-    wait_until_crd_served(client).await;
+    harness::wait_crd_served(client).await;
 }
 
 // ------------------------------------------------------------------ endpoints
@@ -1266,18 +1029,16 @@ async fn crd_installed(client: &Client) {
 async fn health_readiness_metrics_and_json_logs() {
     let _operators = OPERATORS.lock().await;
     let admin = support::client().await;
-    let mut cleanup = Cleanup::default();
+    let mut cleanup = support::Cleanup::default();
     let scratch = support::Scratch::new("install-endpoints").expect("scratch dir");
-    crd_installed(&admin).await;
+    let Case {
+        home,
+        case,
+        workloads,
+        policy: policy_name,
+    } = new_case(&admin, "ep", &mut cleanup).await;
 
-    let home = support::fresh_namespace(&admin, "tracing-operator-ep", &[]).await;
-    cleanup.namespaces.push(home.clone());
-    let case = format!("ep-{}", suffix());
-    let workloads = workload_namespace(&admin, &case, &mut cleanup).await;
-    let policy_name = format!("install-{case}");
-    cleanup.policies.push(policy_name.clone());
-
-    let mut operator = Operator::start(
+    let mut operator = start_operator(
         &case,
         scratch.path(),
         &support::kubeconfig(),
@@ -1290,13 +1051,13 @@ async fn health_readiness_metrics_and_json_logs() {
         ],
     );
     operator.wait_serving().await;
-    let health = operator.get("/healthz").await;
+    let health = operator.get("/healthz");
     assert!(matches!(health, Some((200, _, _))), "{health:?}");
     support::wait_until(
         "the operator holds its Lease",
         Duration::from_secs(60),
         || async {
-            (holder(&lease(&admin, &home).await).as_deref() == Some(operator.identity.as_str()))
+            (holder(&lease(&admin, &home).await).as_deref() == Some(operator.name.as_str()))
                 .then_some(())
         },
     )
@@ -1314,9 +1075,12 @@ async fn health_readiness_metrics_and_json_logs() {
     token_kubeconfig_for(
         &unreachable,
         "no-token",
-        Some(&format!("https://{}", free_addr())),
+        Some(&format!(
+            "https://{}",
+            SocketAddr::from(([127, 0, 0, 1], support::free_port()))
+        )),
     );
-    let mut stuck = Operator::start(
+    let mut stuck = start_operator(
         &format!("{case}-stuck"),
         scratch.path(),
         &unreachable,
@@ -1324,9 +1088,9 @@ async fn health_readiness_metrics_and_json_logs() {
     );
     stuck.wait_serving().await;
     for _ in 0..8 {
-        let health = stuck.get("/healthz").await;
+        let health = stuck.get("/healthz");
         assert!(matches!(health, Some((200, _, _))), "{health:?}");
-        let ready = stuck.get("/readyz").await;
+        let ready = stuck.get("/readyz");
         assert!(
             matches!(ready, Some((503, _, _))),
             "not ready before sync: {ready:?}"
@@ -1340,11 +1104,11 @@ async fn health_readiness_metrics_and_json_logs() {
         stuck.log()
     );
 
-    apply_policy(&admin, &policy(&policy_name, &case, 0.1)).await;
+    harness::apply_policy(&admin, &policy(&policy_name, &case, 0.1)).await;
     wait_web_sampling(&admin, &workloads, Some("0.1")).await;
     wait_policy_ready(&admin, &policy_name).await;
 
-    let (status, head, body) = operator.get("/metrics").await.expect("GET /metrics");
+    let (status, head, body) = operator.get("/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
     assert!(
         head.contains("content-type: application/openmetrics-text"),
@@ -1380,7 +1144,7 @@ async fn health_readiness_metrics_and_json_logs() {
     support::wait_until(
         "the workloads gauge counts Deployment web as up to date",
         Duration::from_secs(60),
-        || async { (operator.metric(&up_to_date).await == 1.0).then_some(()) },
+        || async { (operator.metric(&up_to_date) == 1.0).then_some(()) },
     )
     .await;
     assert!(
@@ -1391,7 +1155,7 @@ async fn health_readiness_metrics_and_json_logs() {
         "{body}"
     );
 
-    delete_policy(&admin, &policy_name).await;
+    harness::delete_policy(&admin, &policy_name).await;
     let status = operator.sigterm(Duration::from_secs(30)).await;
     assert!(status.success(), "SIGTERM exits 0: {status}");
 

@@ -9,53 +9,22 @@
 mod harness;
 mod support;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use harness::*;
+use support::process::OperatorProcess;
 
-/// The operator binary as a child process, killed when dropped.
-struct OperatorProcess {
-    child: Child,
-    metrics_port: u16,
-}
-
-impl OperatorProcess {
-    fn start(log: &std::path::Path) -> OperatorProcess {
-        let metrics_port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tracing-operator"))
-            .args(["run", "--namespace", OPERATOR_NAMESPACE, "--metrics-addr"])
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("--kubeconfig")
-            .arg(support::kubeconfig())
-            .stdout(Stdio::from(log.try_clone().expect("log file")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("operator starts");
-        OperatorProcess {
-            child,
-            metrics_port,
-        }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The operator binary in [`OPERATOR_NAMESPACE`], logging to `<dir>/<name>.log`.
+fn start_operator(name: &str, dir: &std::path::Path) -> OperatorProcess {
+    OperatorProcess::start(
+        name,
+        dir,
+        &support::kubeconfig(),
+        &["--namespace", OPERATOR_NAMESPACE],
+        &[],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,9 +33,7 @@ async fn a_restarted_operator_continues_the_rollout_without_restarting_anything_
     install_crd(&client).await;
     let name = "restart";
     let scratch = support::Scratch::new("rollout-restart").expect("scratch dir");
-    let mut operator = Some(OperatorProcess::start(
-        &scratch.path().join("operator-1.log"),
-    ));
+    let mut operator = Some(start_operator("operator-1", scratch.path()));
     clear_policies(&client, &[name]).await;
     let ns = namespace(&client, name, &[]).await;
     for i in 0..20 {
@@ -102,8 +69,8 @@ async fn a_restarted_operator_continues_the_rollout_without_restarting_anything_
             .filter(|d| traced(d))
             .count();
         if traced_now >= 4 {
-            if let Some(op) = operator.take() {
-                op.kill();
+            if let Some(mut op) = operator.take() {
+                op.sigkill();
             }
             break traced_now;
         }
@@ -123,7 +90,7 @@ async fn a_restarted_operator_continues_the_rollout_without_restarting_anything_
         .count();
     assert_eq!(frozen, traced_at_kill, "no operator, no changes");
 
-    let second = OperatorProcess::start(&scratch.path().join("operator-2.log"));
+    let second = start_operator("operator-2", scratch.path());
     let mut most_rolling = 0;
     loop {
         let all = deployments(&client, &ns).await;
@@ -138,8 +105,8 @@ async fn a_restarted_operator_continues_the_rollout_without_restarting_anything_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "killed with {traced_at_kill}/20 applied; the second operator finished with at most {most_rolling} rolling at once (metrics on port {})",
-        second.metrics_port
+        "killed with {traced_at_kill}/20 applied; the second operator finished with at most {most_rolling} rolling at once (metrics on {})",
+        second.metrics_addr
     );
     assert!(
         most_rolling <= 2,

@@ -10,7 +10,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use serde_json::{Value, json};
+use support::http_get;
+use support::jaeger::{Jaeger, JaegerTrace};
 use tracing_operator::api::TracingPolicySpec;
 use tracing_operator::plan::collector::{CollectorInput, HeaderSecretKeys, plan_collector};
 use tracing_operator::plan::{collector_namespace, export_target};
@@ -390,26 +392,6 @@ impl Proc {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1: status and body.
-fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
-}
-
 fn wait_until(
     what: &str,
     timeout: Duration,
@@ -497,124 +479,18 @@ struct CollectorPorts {
     metrics: u16,
 }
 
-fn jaeger_config(otlp: u16, query_http: u16, query_grpc: u16) -> String {
-    format!(
-        r#"service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics: {{level: none}}
-    logs: {{level: warn}}
-extensions:
-  jaeger_storage:
-    backends:
-      mem: {{memory: {{max_traces: 100000}}}}
-  jaeger_query:
-    storage: {{traces: mem}}
-    enable_tracing: false
-    http: {{endpoint: "127.0.0.1:{query_http}"}}
-    grpc: {{endpoint: "127.0.0.1:{query_grpc}"}}
-receivers:
-  otlp:
-    protocols:
-      grpc: {{endpoint: "127.0.0.1:{otlp}"}}
-processors:
-  batch: {{}}
-exporters:
-  jaeger_storage_exporter: {{trace_storage: mem}}
-"#
-    )
-}
-
-struct JaegerSpan {
-    service: String,
-    span_id: String,
-    /// `CHILD_OF` references.
-    parents: Vec<String>,
-    tags: BTreeMap<String, String>,
-}
-
-fn tag_map(tags: &Value) -> BTreeMap<String, String> {
-    tags.as_array()
+/// The traces of `gateway` Jaeger holds, by trace id.
+fn gateway_traces(jaeger: &Jaeger, start_us: u128) -> anyhow::Result<BTreeMap<u128, JaegerTrace>> {
+    jaeger
+        .traces("gateway", start_us)?
         .into_iter()
-        .flatten()
-        .map(|tag| {
-            let value = match &tag["value"] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (tag["key"].as_str().unwrap_or_default().to_string(), value)
-        })
+        .map(|t| Ok((u128::from_str_radix(&t.trace_id, 16)?, t)))
         .collect()
-}
-
-/// A trace as Jaeger returns it, reduced to what the assertions need.
-struct JaegerTrace {
-    services: BTreeSet<String>,
-    spans: Vec<JaegerSpan>,
-    /// Process tags (resource attributes) by service.
-    tags: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-fn jaeger_traces(
-    port: u16,
-    service: &str,
-    start_us: u128,
-) -> anyhow::Result<BTreeMap<u128, JaegerTrace>> {
-    let path = format!("/api/traces?service={service}&limit=100000&start={start_us}");
-    let (status, body) = http_get(port, &path)?;
-    ensure!(status == 200, "GET {path}: {status} {body}");
-    let v: Value = serde_json::from_str(&body)?;
-    let mut out = BTreeMap::new();
-    for t in v["data"].as_array().context("data")? {
-        let id = u128::from_str_radix(t["traceID"].as_str().context("traceID")?, 16)?;
-        let mut services = BTreeSet::new();
-        let mut tags = BTreeMap::new();
-        let processes = t["processes"].as_object().context("processes")?;
-        for p in processes.values() {
-            let name = p["serviceName"].as_str().unwrap_or_default().to_string();
-            services.insert(name.clone());
-            tags.insert(name, tag_map(&p["tags"]));
-        }
-        let mut spans = Vec::new();
-        for span in t["spans"].as_array().context("spans")? {
-            let process = span["processID"].as_str().unwrap_or_default();
-            spans.push(JaegerSpan {
-                service: processes[process]["serviceName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                span_id: span["spanID"].as_str().unwrap_or_default().to_string(),
-                parents: span["references"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|r| r["refType"] == "CHILD_OF")
-                    .filter_map(|r| r["spanID"].as_str().map(str::to_string))
-                    .collect(),
-                tags: tag_map(&span["tags"]),
-            });
-        }
-        out.insert(
-            id,
-            JaegerTrace {
-                services,
-                spans,
-                tags,
-            },
-        );
-    }
-    Ok(out)
 }
 
 #[test]
 fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<()> {
     let otelcol = support::otelcol()?;
-    let jaeger = support::testbed_binary("jaeger")?;
     let scratch = support::Scratch::new("trace-e2e")?;
     let dir = scratch.path();
     let spec: TracingPolicySpec = serde_saphyr::from_str(POLICY_SPEC)?;
@@ -624,34 +500,16 @@ fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<(
         - 60_000_000;
 
     // Jaeger v2, memory storage.
-    let (j_otlp, j_http, j_grpc) = (free_port()?, free_port()?, free_port()?);
-    std::fs::write(
-        dir.join("jaeger.yaml"),
-        jaeger_config(j_otlp, j_http, j_grpc),
-    )?;
-    let _jaeger = Proc::spawn(
-        "jaeger",
-        Command::new(&jaeger)
-            .arg(format!("--config={}", dir.join("jaeger.yaml").display()))
-            // Jaeger's own SDK would otherwise export to localhost:4317.
-            .env("OTEL_SDK_DISABLED", "true")
-            .env("OTEL_TRACES_EXPORTER", "none")
-            .stdout(Stdio::null()),
-        &dir.join("jaeger.log"),
-    )?;
-    wait_until("jaeger query API", Duration::from_secs(60), || {
-        http_get(j_http, "/api/services").is_ok_and(|(s, _)| s == 200)
-    })
-    .with_context(|| std::fs::read_to_string(dir.join("jaeger.log")).unwrap_or_default())?;
+    let jaeger = Jaeger::start(dir)?;
 
     // The collector with the generated config.
     let ports = CollectorPorts {
-        grpc: free_port()?,
-        http: free_port()?,
-        health: free_port()?,
-        metrics: free_port()?,
+        grpc: support::free_port(),
+        http: support::free_port(),
+        health: support::free_port(),
+        metrics: support::free_port(),
     };
-    let config = local_collector_config(&spec, &ports, j_otlp)?;
+    let config = local_collector_config(&spec, &ports, jaeger.otlp_grpc)?;
     std::fs::write(dir.join("collector.yaml"), &config)?;
     let collector = Proc::spawn(
         "collector",
@@ -661,7 +519,7 @@ fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<(
         &dir.join("collector.log"),
     )?;
     let startup = wait_until("collector health_check", Duration::from_secs(60), || {
-        http_get(ports.health, "/").is_ok_and(|(s, _)| s == 200)
+        http_get(ports.health, "/").is_ok_and(|(s, _, _)| s == 200)
     })
     .with_context(|| std::fs::read_to_string(dir.join("collector.log")).unwrap_or_default())?;
     eprintln!("collector ready (health_check 200) {startup:?} after start");
@@ -751,10 +609,10 @@ fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<(
     // Tail decisions come after decision_wait (10 s); poll until stable.
     std::thread::sleep(Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got = jaeger_traces(j_http, "gateway", start_us)?;
+    let mut got = gateway_traces(&jaeger, start_us)?;
     loop {
         std::thread::sleep(Duration::from_secs(3));
-        let again = jaeger_traces(j_http, "gateway", start_us)?;
+        let again = gateway_traces(&jaeger, start_us)?;
         let must = sent
             .iter()
             .filter(|(_, k)| **k != "normal")
@@ -807,9 +665,9 @@ fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<(
     // Both services in every kept trace, with the planned resource attributes.
     for (id, trace) in &got {
         ensure!(
-            trace.services == BTreeSet::from(["auth".to_string(), "gateway".to_string()]),
+            trace.services() == BTreeSet::from(["auth".to_string(), "gateway".to_string()]),
             "trace {id:032x} has services {:?}",
-            trace.services
+            trace.services()
         );
         // traceparent carried the gateway span into auth, baggage the tenant.
         let gateway_spans: BTreeSet<&str> = trace
@@ -833,7 +691,7 @@ fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<(
             );
         }
         for w in [&GATEWAY, &AUTH] {
-            let tags = &trace.tags[w.service];
+            let tags = &trace.process_tags[w.service];
             let want = [
                 ("service.version", w.version),
                 ("deployment.environment.name", "production"),
@@ -855,6 +713,6 @@ fn traces_flow_through_tail_sampling_collector_into_jaeger() -> anyhow::Result<(
         }
     }
     // Dropping the handles stops auth, the collector and Jaeger.
-    drop((auth, collector));
+    drop((auth, collector, jaeger));
     Ok(())
 }

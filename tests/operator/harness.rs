@@ -127,13 +127,25 @@ pub async fn install_crd(client: &Client) {
     )
     .await;
     // Discovery may lag Established by a moment.
+    wait_crd_served(client).await;
+}
+
+/// Waits until TracingPolicies can be listed (metadata only, so that a policy
+/// the typed API cannot read does not count against it).
+pub async fn wait_crd_served(client: &Client) {
     let policies: Api<TracingPolicy> = Api::all(client.clone());
     support::wait_until(
         "TracingPolicies can be listed",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let policies = policies.clone();
-            async move { policies.list(&Default::default()).await.ok().map(|_| ()) }
+            async move {
+                policies
+                    .list_metadata(&Default::default())
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
         },
     )
     .await;
@@ -145,16 +157,7 @@ pub async fn install_crd(client: &Client) {
 /// failed run are never selected by this run's policies.
 pub fn test_label(test: &str) -> (String, String) {
     static RUN: OnceLock<String> = OnceLock::new();
-    let run = RUN.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        format!(
-            "{:x}",
-            (nanos ^ u128::from(std::process::id())) % 0xffff_ffff
-        )
-    });
+    let run = RUN.get_or_init(support::suffix);
     (
         "tracing-test.caas.io/case".to_string(),
         format!("{test}-{run}"),
@@ -291,20 +294,30 @@ pub async fn wait_policy<F>(client: &Client, name: &str, what: &str, cond: F) ->
 where
     F: Fn(&TracingPolicy) -> bool,
 {
+    wait_policy_within(client, name, what, Duration::from_secs(90), cond).await
+}
+
+/// [`wait_policy`] with a timeout of the caller's.
+pub async fn wait_policy_within<F>(
+    client: &Client,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: F,
+) -> TracingPolicy
+where
+    F: Fn(&TracingPolicy) -> bool,
+{
     let api: Api<TracingPolicy> = Api::all(client.clone());
     let cond = &cond;
-    support::wait_until(
-        &format!("TracingPolicy {name}: {what}"),
-        Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let p = api.get(name).await.ok()?;
-                let observed = p.status.as_ref()?.observed_generation == p.metadata.generation;
-                (observed && cond(&p)).then_some(p)
-            }
-        },
-    )
+    support::wait_until(&format!("TracingPolicy {name}: {what}"), timeout, || {
+        let api = api.clone();
+        async move {
+            let p = api.get(name).await.ok()?;
+            let observed = p.status.as_ref()?.observed_generation == p.metadata.generation;
+            (observed && cond(&p)).then_some(p)
+        }
+    })
     .await
 }
 

@@ -1,11 +1,18 @@
 //! Shared by the integration tests: the testbed cluster (brought up on demand),
-//! a client and kubectl for it, the testbed's binaries, polling, scratch folders.
+//! a client and kubectl for it, the testbed's binaries, polling, scratch folders,
+//! unique names, local ports and HTTP, and the cleanup of what a test created.
+//! [`jaeger`] runs a Jaeger v2, [`process`] the operator binary.
 //!
 //! With `KUBECONFIG` set the tests use that cluster; otherwise they run
 //! `testbed/testbed up` once (a no-op when it is already up) and use its kubeconfig.
 #![allow(dead_code)]
 
+pub mod jaeger;
+pub mod process;
+
 use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -134,21 +141,32 @@ where
     }
 }
 
-/// Creates a namespace named `<prefix>-<unique suffix>` with `labels`; returns its name.
-pub async fn fresh_namespace(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+/// A suffix to tell this call's names from other calls' and other runs': process
+/// id and time in hex, then a per-process counter.
+pub fn suffix() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    let suffix = format!(
+    format!(
         "{:x}{:x}{}",
         std::process::id() % 0xfff,
         nanos % 0xfffff,
         COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    )
+}
+
+/// `<prefix>-<suffix>`: a name of this run, so that objects an earlier, failed
+/// run left behind are never mistaken for this run's.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", suffix())
+}
+
+/// Creates a namespace named `<prefix>-<unique suffix>` with `labels`; returns its name.
+pub async fn fresh_namespace(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> String {
     let prefix: String = prefix.chars().take(40).collect();
-    let name = format!("{}-{suffix}", prefix.trim_end_matches('-'));
+    let name = unique(prefix.trim_end_matches('-'));
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -163,6 +181,110 @@ pub async fn fresh_namespace(client: &Client, prefix: &str, labels: &[(&str, &st
         .await
         .expect("namespace created");
     name
+}
+
+/// Removes what a test created when it ends, passed or failed, with kubectl and
+/// without waiting. Declare it before the operator processes a test starts, so
+/// that they are stopped first.
+#[derive(Default)]
+pub struct Cleanup {
+    /// TracingPolicies: deleted, then their finalizers dropped, since no operator
+    /// may be left to run them. (A passing test deleted them already, finalizer run.)
+    pub policies: Vec<String>,
+    /// Run after the policies are gone and before the namespaces, output ignored:
+    /// `helm uninstall`, deletes of cluster-scoped objects.
+    pub commands: Vec<Command>,
+    pub namespaces: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new(policies: &[&str], namespaces: &[&str]) -> Cleanup {
+        Cleanup {
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            commands: Vec::new(),
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let kubectl = |args: &[&str]| {
+            let _ = kubectl().args(args).output();
+        };
+        for name in &self.policies {
+            kubectl(&[
+                "delete",
+                "tracingpolicy",
+                name,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+            kubectl(&[
+                "patch",
+                "tracingpolicy",
+                name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+        for command in &mut self.commands {
+            let _ = command.output();
+        }
+        for ns in &self.namespaces {
+            kubectl(&[
+                "delete",
+                "namespace",
+                ns,
+                "--ignore-not-found",
+                "--wait=false",
+            ]);
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// A plain, blocking HTTP/1.0 GET on 127.0.0.1 (so the body is never chunked):
+/// status, lower-cased head and body.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let raw = String::from_utf8(raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: no end of the HTTP head"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("GET {path}: no HTTP status"))?;
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+/// The last 40 lines of the log at `path`, headed by `name`, to print when a test fails.
+pub fn log_tail(name: &str, path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let mut tail: Vec<&str> = log.lines().rev().take(40).collect();
+    tail.reverse();
+    format!(
+        "--- last lines of {name} ({}):\n{}",
+        path.display(),
+        tail.join("\n")
+    )
 }
 
 /// A fresh scratch directory under the target dir, removed when dropped.
