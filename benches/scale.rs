@@ -25,9 +25,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -37,8 +34,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use support::process::OperatorProcess;
 use tracing_operator::api::{CONFIG_HASH_ANNOTATION, TracingPolicy};
 use tracing_operator::controller::cache::Workload;
 
@@ -59,18 +56,6 @@ const EXAMPLE_NAMESPACES: [&str; 5] = [
 const EXAMPLE_POLICY: &str = "caas-production";
 const SCALE_POLICY: &str = "bench-scale";
 const ROLLOUT_POLICY: &str = "bench-rollout";
-/// Resources the operator writes; the API server's mutating requests on them are
-/// counted (the workload controllers' status writes show as PUT .../status).
-const RESOURCES: [&str; 6] = [
-    "deployments",
-    "statefulsets",
-    "daemonsets",
-    "tracingpolicies",
-    "configmaps",
-    "services",
-];
-const MUTATING: [&str; 5] = ["APPLY", "PATCH", "POST", "PUT", "DELETE"];
-
 /// What to run, from the arguments after `--bench`.
 #[derive(Debug)]
 struct Options {
@@ -428,7 +413,7 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
 
     let timeline = Timeline::track(client, "scale");
     let m0 = operator.metrics().await?;
-    let a0 = apiserver_writes()?;
+    let a0 = support::apiserver::writes()?;
     let cpu0 = operator.cpu_seconds()?;
     let t0 = Instant::now();
     apply_policy(
@@ -453,9 +438,9 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let converged = operator.memory()?;
     let m1 = operator.metrics().await?;
-    let a1 = apiserver_writes()?;
+    let a1 = support::apiserver::writes()?;
     let writes = m1.delta(&m0);
-    let server = delta(&a0, &a1);
+    let server = support::counter_delta(&a0, &a1);
     let applies = server.get("APPLY deployments").copied().unwrap_or(0);
     println!(
         "  (status: {}; Deployments complete on the new template: {all_done}/{n})",
@@ -539,7 +524,7 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     const R: &str = "4. converged resync (after 2)";
     println!("\n== 4. converged resync of {n} Deployments ==");
     let m0 = operator.metrics().await?;
-    let a0 = apiserver_writes()?;
+    let a0 = support::apiserver::writes()?;
     let cpu0 = operator.cpu_seconds()?;
     let first_ns = format!("bench-scale-{:02}", 0);
     kubectl(&[
@@ -551,7 +536,7 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     ])?;
     let took = settle(&operator, m0.reconciles).await?;
     let m1 = operator.metrics().await?;
-    let server = delta(&a0, &apiserver_writes()?);
+    let server = support::counter_delta(&a0, &support::apiserver::writes()?);
     let writes = m1.delta(&m0);
     summary.add(
         R,
@@ -578,7 +563,7 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     let rounds = 20;
     let before = operator.memory()?;
     let m0 = operator.metrics().await?;
-    let a0 = apiserver_writes()?;
+    let a0 = support::apiserver::writes()?;
     let cpu0 = operator.cpu_seconds()?;
     for i in 0..rounds {
         kubectl(&[
@@ -593,7 +578,7 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     settle(&operator, m0.reconciles).await?;
     let after = operator.memory()?;
     let writes = operator.metrics().await?.delta(&m0);
-    let server = delta(&a0, &apiserver_writes()?);
+    let server = support::counter_delta(&a0, &support::apiserver::writes()?);
     summary.add(
         R,
         format!("{rounds} more label changes: reconciles; writes (operator, API server)"),
@@ -616,13 +601,13 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     );
 
     operator.stop();
-    let a0 = apiserver_writes()?;
+    let a0 = support::apiserver::writes()?;
     let t = Instant::now();
     operator = Operator::start("scale-restarted", &o.operator_args).await?;
     let synced = t.elapsed();
     let took = settle(&operator, 0).await?;
     let m1 = operator.metrics().await?;
-    let server = delta(&a0, &apiserver_writes()?);
+    let server = support::counter_delta(&a0, &support::apiserver::writes()?);
     let mem = operator.memory()?;
     summary.add(
         R,
@@ -1403,58 +1388,6 @@ async fn cleanup(client: &Client, policies: &[&str], what: Cleanup) -> Result<()
     Ok(())
 }
 
-/// Mutating requests the API server has served on [`RESOURCES`], by `VERB resource[/sub]`.
-fn apiserver_writes() -> Result<BTreeMap<String, u64>> {
-    let text = kubectl(&["get", "--raw", "/metrics"])?;
-    let mut writes = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            let key = format!("{name}=\"");
-            line.find(&format!(",{key}"))
-                .map(|i| i + 1)
-                .or_else(|| line.find(&format!("{{{key}")).map(|i| i + 1))
-                .and_then(|i| line[i + key.len()..].split('"').next())
-        };
-        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
-            continue;
-        };
-        if !MUTATING.contains(&verb)
-            || !RESOURCES.contains(&resource)
-            || label("dry_run").is_some_and(|d| !d.is_empty())
-        {
-            continue;
-        }
-        let sub = label("subresource").filter(|s| !s.is_empty());
-        let key = match sub {
-            Some(s) => format!("{verb} {resource}/{s}"),
-            None => format!("{verb} {resource}"),
-        };
-        let value = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        *writes.entry(key).or_insert(0) += value as u64;
-    }
-    Ok(writes)
-}
-
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
 fn fmt_map(m: &BTreeMap<String, u64>) -> String {
     if m.is_empty() {
         return "none".into();
@@ -1511,7 +1444,7 @@ impl OperatorMetrics {
 
     fn delta(&self, before: &OperatorMetrics) -> OperatorMetrics {
         OperatorMetrics {
-            writes: delta(&before.writes, &self.writes),
+            writes: support::counter_delta(&before.writes, &self.writes),
             reconciles: self.reconciles.saturating_sub(before.reconciles),
         }
     }
@@ -1534,74 +1467,63 @@ impl OperatorMetrics {
 }
 
 /// `tracing-operator run` as its own process, killed when dropped.
-struct Operator {
-    child: Child,
-    metrics_addr: SocketAddr,
-    log: PathBuf,
-}
+struct Operator(OperatorProcess);
 
 impl Operator {
     /// Starts the operator and returns once /readyz says its caches are synced.
     async fn start(name: &str, extra_args: &[String]) -> Result<Operator> {
         let dir = support::repo().join("target").join("bench-scale");
         std::fs::create_dir_all(&dir)?;
-        let log = dir.join(format!("operator-{name}.log"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let out = std::fs::File::create(&log)?;
-        let child = std::process::Command::new(OPERATOR)
-            .arg("run")
-            .arg("--kubeconfig")
-            .arg(support::kubeconfig())
-            .args(["--namespace", OPERATOR_NAMESPACE])
-            .arg("--metrics-addr")
-            .arg(metrics_addr.to_string())
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {OPERATOR}"))?;
-        let mut op = Operator {
-            child,
-            metrics_addr,
-            log,
-        };
+        let mut args = vec!["--namespace", OPERATOR_NAMESPACE];
+        args.extend(extra_args.iter().map(String::as_str));
+        let mut op = Operator(OperatorProcess::start(
+            &format!("operator-{name}"),
+            &dir,
+            &support::kubeconfig(),
+            &args,
+            &[],
+        ));
         let t = Instant::now();
         loop {
-            if let Some(status) = op.child.try_wait()? {
+            if let Some(status) = op.0.exit_status() {
                 bail!(
                     "the operator exited with {status} during startup; log: {}",
-                    op.log.display()
+                    op.0.log_path().display()
                 );
             }
-            if matches!(http_get(op.metrics_addr, "/readyz").await, Ok((200, _))) {
+            if matches!(op.get("/readyz").await, Ok((200, _))) {
                 break;
             }
             ensure!(
                 t.elapsed() < Duration::from_secs(120),
                 "the operator was not ready in 120s; log: {}",
-                op.log.display()
+                op.0.log_path().display()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!(
             "  (operator pid {} ready in {}; log {})",
-            op.child.id(),
+            op.0.pid(),
             secs(t.elapsed()),
-            op.log.display()
+            op.0.log_path().display()
         );
         Ok(op)
     }
 
+    /// A GET on its health server, off the async workers (the GET blocks).
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let (port, path) = (self.0.metrics_addr.port(), path.to_string());
+        let (code, _head, body) =
+            tokio::task::spawn_blocking(move || support::http_get(port, &path)).await??;
+        Ok((code, body))
+    }
+
     fn proc_file(&self, file: &str) -> Result<String> {
-        let path = format!("/proc/{}/{file}", self.child.id());
+        let path = format!("/proc/{}/{file}", self.0.pid());
         std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "reading {path} (did the operator die? log: {})",
-                self.log.display()
+                self.0.log_path().display()
             )
         })
     }
@@ -1614,7 +1536,7 @@ impl Operator {
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .with_context(|| format!("no {name} in /proc/{}/status", self.child.id()))
+                .with_context(|| format!("no {name} in /proc/{}/status", self.0.pid()))
         };
         Ok(Memory {
             rss_kib: field("VmRSS:")?,
@@ -1642,24 +1564,14 @@ impl Operator {
     }
 
     async fn metrics(&self) -> Result<OperatorMetrics> {
-        let (code, body) = http_get(self.metrics_addr, "/metrics").await?;
+        let (code, body) = self.get("/metrics").await?;
         ensure!(code == 200, "/metrics answered {code}");
         Ok(OperatorMetrics::parse(&body))
     }
 
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
+    /// Stops it (SIGKILL: the figures are taken, nothing is left to flush).
+    fn stop(self) {
+        drop(self.0);
     }
 }
 
@@ -1691,31 +1603,6 @@ fn clock_ticks() -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .filter(|t| *t > 0)
         .unwrap_or(100)
-}
-
-/// A plain HTTP/1.1 GET on loopback: the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .context("GET timed out")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    Ok((code, body.to_string()))
 }
 
 fn secs(d: Duration) -> String {

@@ -10,7 +10,6 @@
 mod harness;
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
@@ -19,57 +18,7 @@ use kube::api::PostParams;
 use serde_json::json;
 
 use harness::*;
-
-/// Resources the operator writes, and the verbs that change them.
-const RESOURCES: [&str; 6] = [
-    "deployments",
-    "statefulsets",
-    "daemonsets",
-    "tracingpolicies",
-    "configmaps",
-    "services",
-];
-const MUTATING: [&str; 5] = ["APPLY", "PATCH", "POST", "PUT", "DELETE"];
-
-/// Mutating requests the API server has served on `RESOURCES`, by `verb resource`.
-fn apiserver_writes() -> BTreeMap<String, u64> {
-    let metrics = support::kubectl_ok(&["get", "--raw", "/metrics"]);
-    let mut writes = BTreeMap::new();
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            let key = format!("{name}=\"");
-            line.find(&key)
-                .and_then(|i| line[i + key.len()..].split('"').next())
-        };
-        let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
-            continue;
-        };
-        if !MUTATING.contains(&verb)
-            || !RESOURCES.contains(&resource)
-            || label("dry_run").is_some_and(|d| !d.is_empty())
-        {
-            continue;
-        }
-        let value: u64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v as u64);
-        *writes.entry(format!("{verb} {resource}")).or_insert(0) += value;
-    }
-    writes
-}
-
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
+use support::apiserver;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converged_cluster_sees_zero_writes_across_a_forced_resync() {
@@ -112,7 +61,7 @@ async fn a_converged_cluster_sees_zero_writes_across_a_forced_resync() {
         .await
         .expect("daemonset created");
 
-    let before_apply = apiserver_writes();
+    let before_apply = apiserver::writes().expect("the API server's request counts");
     apply_policy(
         &client,
         &policy(name, name, json!({
@@ -132,16 +81,22 @@ async fn a_converged_cluster_sees_zero_writes_across_a_forced_resync() {
     .await;
     // Let the last status write and the watches settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rollout_writes = delta(&before_apply, &apiserver_writes());
+    let rollout_writes = support::counter_delta(
+        &before_apply,
+        &apiserver::writes().expect("the API server's request counts"),
+    );
     // The operator's writes are the APPLYs and its finalizer PATCH; the PUTs are the
     // workload controllers' status updates. One of the Deployment applies is the collector's.
     let workload_applies: u64 = ["deployments", "statefulsets", "daemonsets"]
         .iter()
         .map(|r| {
+            // Applies to a subresource count as applies to the workload.
+            let (whole, sub) = (format!("APPLY {r}"), format!("APPLY {r}/"));
             rollout_writes
-                .get(&format!("APPLY {r}"))
-                .copied()
-                .unwrap_or(0)
+                .iter()
+                .filter(|(k, _)| **k == whole || k.starts_with(&sub))
+                .map(|(_, n)| n)
+                .sum::<u64>()
         })
         .sum::<u64>()
         - 1;
@@ -157,7 +112,7 @@ async fn a_converged_cluster_sees_zero_writes_across_a_forced_resync() {
 
     // Resync 1: a brand-new operator lists everything and reconciles every policy.
     first.stop();
-    let before = apiserver_writes();
+    let before = apiserver::writes().expect("the API server's request counts");
     let second = Operator::start();
     let reconciled = support::wait_until(
         "the new operator reconciled the policy",
@@ -184,7 +139,10 @@ async fn a_converged_cluster_sees_zero_writes_across_a_forced_resync() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let server_side = delta(&before, &apiserver_writes());
+    let server_side = support::counter_delta(
+        &before,
+        &apiserver::writes().expect("the API server's request counts"),
+    );
     let operator_side = second.metrics.api_writes_total();
     println!(
         "forced resync: {} reconciles, API server writes {server_side:?}, operator writes {operator_side}",

@@ -7,9 +7,11 @@
 //! `testbed/testbed up` once (a no-op when it is already up) and use its kubeconfig.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod jaeger;
 pub mod process;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -310,4 +312,22 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// What each counter gained from `before` to `after`; counters that did not move
+/// are left out.
+pub fn counter_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }

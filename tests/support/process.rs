@@ -63,6 +63,21 @@ impl OperatorProcess {
         }
     }
 
+    /// Where its log goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Its process id, for reading `/proc/<pid>/...`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How it exited, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
