@@ -37,7 +37,6 @@ use serde_json::json;
 
 use support::process::OperatorProcess;
 use tracing_operator::api::{CONFIG_HASH_ANNOTATION, TracingPolicy};
-use tracing_operator::controller::cache::Workload;
 
 /// The binary under test, built by cargo in the bench's own profile (release).
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tracing-operator");
@@ -1038,7 +1037,7 @@ impl Timeline {
                     continue;
                 }
                 t.started.entry(name.clone()).or_insert(now);
-                if d.rollout_status().is_complete() {
+                if d.rolled_out() {
                     t.done.entry(name).or_insert(now);
                 }
                 let in_flight = t.started.len() - t.done.len();
@@ -1097,10 +1096,7 @@ async fn rollout_progress(client: &Client, scenario: &str) -> Result<(usize, usi
         .iter()
         .filter(|d| d.annotations().contains_key(CONFIG_HASH_ANNOTATION))
         .collect();
-    let done = started
-        .iter()
-        .filter(|d| d.rollout_status().is_complete())
-        .count();
+    let done = started.iter().filter(|d| d.rolled_out()).count();
     Ok((started.len(), done))
 }
 
@@ -1121,11 +1117,7 @@ async fn wait_available(
             let (api, lp) = (api.clone(), lp.clone());
             async move {
                 let list = api.list(&lp).await?;
-                let done = list
-                    .items
-                    .iter()
-                    .filter(|d| d.rollout_status().is_complete())
-                    .count();
+                let done = list.items.iter().filter(|d| d.rolled_out()).count();
                 Ok((done >= n).then_some(()))
             }
         },
@@ -1163,7 +1155,7 @@ async fn batch_rollout(client: &Client, ns: &str, k: usize, round: usize) -> Res
         let done = list
             .items
             .iter()
-            .filter(|d| names.contains(&d.name_any()) && d.rollout_status().is_complete())
+            .filter(|d| names.contains(&d.name_any()) && d.rolled_out())
             .count();
         if done == names.len() {
             return Ok(t.elapsed());
@@ -1180,7 +1172,7 @@ async fn batch_rollout(client: &Client, ns: &str, k: usize, round: usize) -> Res
 async fn wait_complete(api: &Api<Deployment>, name: &str, timeout: Duration) -> Result<()> {
     let t = Instant::now();
     loop {
-        if api.get(name).await?.rollout_status().is_complete() {
+        if api.get(name).await?.rolled_out() {
             return Ok(());
         }
         ensure!(
@@ -1615,4 +1607,27 @@ fn secs(d: Duration) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The Deployment's own controller reports it rolled out, as the operator judges it.
+trait RolledOut {
+    fn rolled_out(&self) -> bool;
+}
+
+impl RolledOut for Deployment {
+    fn rolled_out(&self) -> bool {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| {
+                tracing_operator::workload::from_json::<
+                    tracing_operator::workload::deployment::Deployment,
+                >(v)
+                .ok()
+            })
+            .is_some_and(|w| {
+                tracing_operator::api::WorkloadKind::Deployment
+                    .info()
+                    .is_complete(&w.rollout)
+            })
+    }
 }

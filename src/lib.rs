@@ -8,3 +8,4 @@ pub mod api;
 pub mod controller;
 pub mod plan;
 pub mod runtime;
+pub mod workload;

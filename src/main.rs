@@ -75,6 +75,11 @@ struct RunArgs {
     /// Identity in the Lease and in Events; defaults to $POD_NAME or the host name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// How settings reach pods: `admission` (the API server's MutatingAdmissionPolicy
+    /// adds them to each new pod), `pod-template` (the operator writes them into each
+    /// workload's pod template), or `auto`: admission where the API server serves it.
+    #[arg(long, env = "TRACING_OPERATOR_INJECTION", value_enum, default_value_t = controller::InjectionChoice::Auto)]
+    injection: controller::InjectionChoice,
 }
 
 /// The Lease records whole seconds, and the leader renews every third of the
@@ -207,9 +212,13 @@ async fn run(args: RunArgs) -> Result<(), String> {
         qps: args.kube_api_qps,
         burst: args.kube_api_burst,
         instance: Some(identity),
+        injection: args.injection,
     };
     let stop = shutdown.clone();
     let lost = lease.as_ref().map(|l| l.lost());
+    let fence = lease
+        .as_ref()
+        .map_or_else(leader::Fence::unfenced, |l| l.fence());
     let stopping = CancellationToken::new();
     let stop_requested = stopping.clone();
     let controller_shutdown = async move {
@@ -229,14 +238,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
         client,
         settings,
         metrics,
+        fence,
         move || {
             caches_synced.cancel();
             ready.set_ready();
         },
         controller_shutdown,
     );
+    let mut failed = None;
     tokio::select! {
-        () = controller => {},
+        result = controller => failed = result.err(),
         () = abandon_controller(&stopping, &synced) => {},
     }
     let lost = lease.as_ref().is_some_and(|l| l.is_lost());
@@ -244,6 +255,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         lease.release().await;
     }
     shutdown.trigger();
+    if let Some(error) = failed {
+        return Err(error);
+    }
     if lost {
         // Exit non-zero so the restart (which stands by again) shows why.
         return Err("lost the leader Lease".into());

@@ -1,6 +1,7 @@
 //! The progressive rollout on the testbed: pacing, health gates and what happens
 //! to a workload whose pods never become ready (kwok keeps pods labelled
-//! `testbed.caas.io/pods-never-ready=true` Running but never Ready).
+//! labelled `testbed.caas.io/breaks-when-traced=true` Running but never Ready once
+//! they carry tracing settings).
 
 #[path = "operator/harness.rs"]
 mod harness;
@@ -15,12 +16,14 @@ use serde_json::json;
 
 use harness::*;
 
-const NEVER_READY: &str = "testbed.caas.io/pods-never-ready";
+/// Pods with this label never become Ready once they carry tracing settings: the
+/// operator's own change is what breaks them.
+const BREAKS_WHEN_TRACED: &str = "testbed.caas.io/breaks-when-traced";
 
 fn workload(name: &str, replicas: i32, never_ready: bool) -> Deployment {
     let mut template_labels = BTreeMap::from([("app".to_string(), name.to_string())]);
     if never_ready {
-        template_labels.insert(NEVER_READY.to_string(), "true".to_string());
+        template_labels.insert(BREAKS_WHEN_TRACED.to_string(), "true".to_string());
     }
     serde_json::from_value(json!({
         "apiVersion": "apps/v1",
@@ -37,6 +40,9 @@ fn workload(name: &str, replicas: i32, never_ready: bool) -> Deployment {
     }))
     .expect("deployment manifest")
 }
+
+/// The Deployment controller's count of pod templates it rolled out.
+const REVISION: &str = "deployment.kubernetes.io/revision";
 
 fn annotation<'a>(d: &'a Deployment, key: &str) -> Option<&'a str> {
     d.metadata
@@ -82,7 +88,7 @@ async fn thirty_deployments_roll_out_at_most_five_at_a_time() {
     loop {
         let all = deployments(&client, &ns).await;
         samples += 1;
-        let rolling = all.iter().filter(|d| traced(d) && !rolled_out(d)).count();
+        let rolling = all.iter().filter(|d| rolling_because_of_us(d)).count();
         most_rolling = most_rolling.max(rolling);
         for d in all.iter().filter(|d| traced(d)) {
             let n = d.metadata.name.clone().unwrap_or_default();
@@ -133,11 +139,12 @@ async fn thirty_deployments_roll_out_at_most_five_at_a_time() {
         (status.workloads.selected, status.workloads.failed),
         (30, 0)
     );
-    // Exactly one template change per Deployment.
+    // Exactly one template change per Deployment (the rollout record is an
+    // annotation: it bumps a Deployment's generation, never its template).
     for d in deployments(&client, &ns).await {
         assert_eq!(
-            d.metadata.generation,
-            Some(2),
+            annotation(&d, REVISION),
+            Some("2"),
             "{:?} changed once",
             d.metadata.name
         );
@@ -203,7 +210,7 @@ async fn a_workload_that_never_becomes_ready_is_rolled_back_and_the_rest_proceed
     let failure = failure_of(&p, "a-broken").expect("failure listed");
     assert_eq!(failure.reason, "PodsNotReady", "{failure:?}");
     assert!(
-        failure.message.contains("0/1 replicas available")
+        failure.message.contains("1 still on the previous template")
             && failure.message.contains("rolled back"),
         "{}",
         failure.message
@@ -220,7 +227,7 @@ async fn a_workload_that_never_becomes_ready_is_rolled_back_and_the_rest_proceed
             traced(d) && rolled_out(d)
         })
         .await;
-        assert_eq!(d.metadata.generation, Some(2));
+        assert_eq!(annotation(&d, REVISION), Some("2"));
     }
     // Events say why, on the workload.
     let reasons = support::kubectl_ok(&[
@@ -240,15 +247,16 @@ async fn a_workload_that_never_becomes_ready_is_rolled_back_and_the_rest_proceed
         "{reasons}"
     );
 
-    // Rolled back once, and not re-applied on later reconciles: generation 1 -> 2 -> 3 and stays.
+    // Rolled back once, and not re-applied on later reconciles: template revision
+    // 1 -> 2 -> 3 (the first template again) and stays.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let later = Api::<Deployment>::namespaced(client.clone(), &ns)
         .get("a-broken")
         .await
         .expect("a-broken");
     assert_eq!(
-        later.metadata.generation,
-        Some(3),
+        annotation(&later, REVISION),
+        Some("3"),
         "apply + rollback, nothing more"
     );
     delete_policy(&client, test).await;

@@ -34,6 +34,23 @@ pub const ROLLOUT_FAILED_ANNOTATION: &str = "tracing.caas.io/rollout-failed";
 /// Annotation with why that rollout failed (`Reason: message`), so status keeps
 /// reporting the cause after the rollback, across operator restarts.
 pub const ROLLOUT_FAILURE_ANNOTATION: &str = "tracing.caas.io/rollout-failure";
+/// Annotation with the config hash whose rollout the operator saw complete on a
+/// workload. From then on the workload's unavailability (a drain, a crash, a
+/// scale-up, the user's own release) is reported, never taken for a failure of
+/// the operator's change.
+pub const ROLLED_OUT_ANNOTATION: &str = "tracing.caas.io/rolled-out";
+/// Annotation with what the operator found when it checked a pod of a rolled-out
+/// workload (admission injection): `ok`, or `missing <VAR> in pod <name>`.
+pub const INJECTION_ANNOTATION: &str = "tracing.caas.io/injection";
+/// Pod-template annotation (admission injection): the containers to instrument,
+/// comma-separated, in pod order.
+pub const INJECT_ANNOTATION: &str = "tracing.caas.io/inject";
+/// Pod-template annotation (admission injection): the planned variable names,
+/// comma-separated, in the order they are added to each container.
+pub const ENV_NAMES_ANNOTATION: &str = "tracing.caas.io/env";
+/// Prefix of the pod-template annotations (admission injection) that carry the
+/// value of each planned variable: `env.tracing.caas.io/<NAME>`.
+pub const ENV_VALUE_PREFIX: &str = "env.tracing.caas.io/";
 /// Server-side apply field manager, and the finalizer's prefix.
 pub const FIELD_MANAGER: &str = "tracing-operator";
 /// Finalizer that lets the operator remove what it added before a policy goes away.
@@ -61,6 +78,7 @@ pub const FINALIZER: &str = "tracing.caas.io/cleanup";
     validation = Rule::new("self.metadata.name.size() <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter) of at most 48 characters: it names the policy's collector objects"),
 )]
 #[x_kube(validation = Rule::new("!has(self.sampling.tail) || self.collector.enabled").message("sampling.tail needs collector.enabled: tail sampling runs in the collector").field_path(".sampling.tail"))]
+#[x_kube(validation = Rule::new("!has(self.sampling.tail) || (self.collector.replicas == 1 && self.collector.placement == 'Central')").message("sampling.tail needs every span of a trace in one collector process: use collector.replicas 1 and placement Central").field_path(".collector"))]
 #[x_kube(validation = Rule::new("self.collector.enabled || size(self.backends) == 1").message("with collector.enabled false, workloads export straight to a single backend: list exactly one").field_path(".backends"))]
 #[x_kube(validation = Rule::new("self.collector.enabled || self.backends.all(b, !has(b.headersSecretRef) && (!has(b.tls) || !has(b.tls.caSecretRef)))").message("with collector.enabled false, backends cannot use headersSecretRef or tls.caSecretRef: only the collector reads Secrets").field_path(".backends"))]
 #[serde(rename_all = "camelCase")]
@@ -128,9 +146,10 @@ pub struct PolicySelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workloads: Option<LabelSelector>,
 
-    /// Workload kinds to instrument. Default: Deployment, StatefulSet and DaemonSet.
+    /// Workload kinds to instrument. Default: all four (Deployment, StatefulSet,
+    /// DaemonSet, CronJob). A CronJob needs no restart: its next Job's pods are traced.
     #[serde(default = "default_kinds")]
-    #[schemars(length(min = 1, max = 3))]
+    #[schemars(length(min = 1, max = 4))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub kinds: Vec<WorkloadKind>,
 
@@ -149,7 +168,7 @@ pub struct PolicySelector {
     pub containers: Vec<DnsLabel>,
 }
 
-// Not derived: an omitted `selector` must default `kinds` to all three, as an
+// Not derived: an omitted `selector` must default `kinds` to all of them, as an
 // omitted `kinds` does (the CRD's default for `selector` is this value).
 impl Default for PolicySelector {
     fn default() -> Self {
@@ -196,29 +215,26 @@ pub enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    CronJob,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 3] = [
+    /// Every kind, in the rollout order of kinds within a namespace.
+    pub const ALL: [WorkloadKind; 4] = [
         WorkloadKind::Deployment,
         WorkloadKind::StatefulSet,
         WorkloadKind::DaemonSet,
+        WorkloadKind::CronJob,
     ];
 
+    /// The `kind` of the API object; what each kind module says about the
+    /// object (API version, pod template, rollout) is in `crate::workload`.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkloadKind::Deployment => "Deployment",
             WorkloadKind::StatefulSet => "StatefulSet",
             WorkloadKind::DaemonSet => "DaemonSet",
-        }
-    }
-
-    /// The `k8s.<kind>.name` resource attribute key of the OpenTelemetry semantic conventions.
-    pub fn semconv_name_key(self) -> &'static str {
-        match self {
-            WorkloadKind::Deployment => "k8s.deployment.name",
-            WorkloadKind::StatefulSet => "k8s.statefulset.name",
-            WorkloadKind::DaemonSet => "k8s.daemonset.name",
+            WorkloadKind::CronJob => "CronJob",
         }
     }
 }
@@ -253,6 +269,14 @@ pub struct ServiceSpec {
     #[schemars(extend("maxProperties" = 32))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9_.-]+$') && k.size() <= 128)").message("resource attribute keys use only letters, digits, '_', '.' and '-', at most 128 characters"))]
     pub resource_attributes: BTreeMap<String, String>,
+
+    /// With PodTemplate injection only (see `status.injection`): take `service.version`
+    /// from the container's image tag when the pod template has no
+    /// `app.kubernetes.io/version` label. The operator then writes the tag into the
+    /// template, so every image bump rolls the workload a second time. Admission
+    /// injection (the default) reads the tag when each pod is created and needs no opt-in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub version_from_image_tag: bool,
 
     /// Resource attributes taken from each workload's namespace labels: the key is the
     /// attribute, the value the label name. A namespace without the label adds nothing.
@@ -526,10 +550,11 @@ pub struct SecretRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[x_kube(validation = Rule::new("!self.name.startsWith('OTEL_') && !self.name.startsWith('TRACING_OPERATOR_')").message("env names starting with OTEL_ or TRACING_OPERATOR_ are set by the operator itself").field_path(".name"))]
 pub struct EnvTemplate {
-    /// Variable name.
+    /// Variable name: letters, digits, '-', '.' and '_', starting and ending with a
+    /// letter or digit, at most 63 characters (it also names a pod annotation).
     #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-zA-Z0-9]([-._a-zA-Z0-9]*[a-zA-Z0-9])?$")
     )]
     pub name: String,
     /// Value; `{service.name}`, `{service.version}`, `{service.namespace}` and
@@ -600,7 +625,9 @@ pub struct TracingPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `Progressing`, `Degraded` and `Conflicted`.
+    /// `Ready`, `Progressing`, `Degraded`, `Conflicted`, and kstatus's `Reconciling`
+    /// (True while the operator is rolling out) and `Stalled` (True when it cannot
+    /// make progress until something changes), which Flux and Argo CD read.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -616,6 +643,23 @@ pub struct TracingPolicyStatus {
     /// Variables a workload sets itself and the operator therefore left alone, at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_overrides: Vec<UserOverride>,
+
+    /// Workloads that carry this policy's settings, rolled out, but are unavailable
+    /// for reasons of their own (a drain, a crash, a scale-up, their own release);
+    /// the operator reports them and never rolls back because of them. At most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<WorkloadIssue>,
+
+    /// Workloads waiting on their owner before the settings can start: paused, or
+    /// in the middle of a rollout of their own. At most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WorkloadIssue>,
+
+    /// How the settings reach pods: `Admission` (the API server's
+    /// MutatingAdmissionPolicy adds them to each new pod) or `PodTemplate` (the
+    /// operator writes them into each workload's pod template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<String>,
 
     /// Workloads selected by this policy but owned by another, at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -652,6 +696,12 @@ pub struct WorkloadCounts {
     pub failed: i32,
     /// Workloads selected but owned by a policy that wins precedence.
     pub conflicted: i32,
+    /// Up-to-date workloads that are unavailable for reasons of their own.
+    #[serde(default)]
+    pub unavailable: i32,
+    /// Workloads waiting for a rollout slot or for their owner.
+    #[serde(default)]
+    pub waiting: i32,
     /// Variables kept because the workload sets them itself.
     pub user_overrides: i32,
     /// `upToDate/selected`, for `kubectl get`.

@@ -1,480 +1,416 @@
-//! Trimmed reflector caches of the objects planning reads, and their conversion
-//! into the planning views.
+//! The operator's view of the cluster, kept by watches, and the routing of each
+//! change to the policies it concerns.
 //!
-//! Every cached workload keeps only what planning and rollout tracking need:
-//! identity, labels, annotations, generation, the pod template's labels,
-//! annotations and containers (name, image, env), status, and the operator's own
-//! `managedFields` entry. Env entries the user owns keep only their name: the
-//! operator never needs their values, and they can be large.
+//! Workloads of every kind are watched into compact projections
+//! ([`crate::workload::Workload`]), namespaces into their labels. When a
+//! workload changes in a way planning can see (its projection differs), the
+//! change goes only to the policies that select it or own it, before or after
+//! the change (their selectors, its namespace's labels and its
+//! `tracing.caas.io/policy` annotation): each such policy gets the workload in
+//! its dirty set and a reconcile request. An event no policy cares about costs
+//! no reconcile, and there is no debounce that busy neighbours could starve.
+//! A namespace whose labels change, and any policy change, re-plan every policy
+//! (they change the basis of every decision; see `plan::index`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
-use kube::runtime::reflector::Store;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
 
-use crate::api::{FIELD_MANAGER, WorkloadKind};
-use crate::plan::rollout::RolloutStatus;
-use crate::plan::{ContainerView, NamespaceView, WorkloadId, WorkloadView};
+use super::GuardedPolicy;
+use crate::api::{POLICY_ANNOTATION, WorkloadKind};
+use crate::plan::NamespaceView;
+use crate::plan::selection::Selection;
+use crate::workload::{Workload, WorkloadId};
 
-/// Label on objects the operator creates itself (collectors); they are never instrumented.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// A reconcile request for one policy.
+pub type Trigger = ObjectRef<GuardedPolicy>;
 
-/// The workload kinds as one trait, so trimming and conversion are written once.
-pub trait Workload: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
-    const KIND: WorkloadKind;
-    fn template(&self) -> Option<&PodTemplateSpec>;
-    fn template_mut(&mut self) -> Option<&mut PodTemplateSpec>;
-    /// Drops the spec fields planning never reads (volumes, strategy details, ...).
-    fn trim_spec(&mut self);
-    /// What the workload's own controller reports about its rollout.
-    fn rollout_status(&self) -> RolloutStatus;
+/// What the watches have seen, and where changes go.
+pub struct Cache {
+    workloads: RwLock<HashMap<WorkloadId, Arc<Workload>>>,
+    namespaces: RwLock<BTreeMap<String, NamespaceView>>,
+    /// Incremented whenever a namespace appears, goes or changes its labels.
+    namespace_epoch: AtomicU64,
+    /// How many watches have listed everything once.
+    synced: watch::Sender<usize>,
+    router: Router,
 }
 
-macro_rules! workload_impl {
-    ($ty:ty, $kind:expr, $rollout:expr) => {
-        impl Workload for $ty {
-            const KIND: WorkloadKind = $kind;
-            fn template(&self) -> Option<&PodTemplateSpec> {
-                Some(&self.spec.template)
-            }
-            fn template_mut(&mut self) -> Option<&mut PodTemplateSpec> {
-                Some(&mut self.spec.template)
-            }
-            fn trim_spec(&mut self) {
-                self.spec.selector = Default::default();
-                self.spec.revision_history_limit = None;
-                self.spec.min_ready_seconds = None;
-            }
-            fn rollout_status(&self) -> RolloutStatus {
-                let f: fn(&Self) -> RolloutStatus = $rollout;
-                f(self)
-            }
+/// The watches: every workload kind and namespaces.
+const WATCHES: usize = WorkloadKind::ALL.len() + 1;
+
+/// A policy's compiled selector, with the generation it was compiled for
+/// (`None` when the selector is invalid or the policy is being deleted).
+type Compiled = (Option<i64>, Option<Arc<Selection>>);
+
+struct Router {
+    operator_namespace: String,
+    policies: Store<GuardedPolicy>,
+    /// Compiled selectors by policy name.
+    compiled: Mutex<HashMap<String, Compiled>>,
+    dirty: Mutex<HashMap<String, HashSet<WorkloadId>>>,
+    trigger: mpsc::UnboundedSender<Trigger>,
+}
+
+impl Cache {
+    /// A cache that routes to the policies of `policies` through `trigger`.
+    pub fn new(
+        operator_namespace: &str,
+        policies: Store<GuardedPolicy>,
+        trigger: mpsc::UnboundedSender<Trigger>,
+    ) -> Arc<Self> {
+        Arc::new(Cache {
+            workloads: RwLock::default(),
+            namespaces: RwLock::default(),
+            namespace_epoch: AtomicU64::new(0),
+            synced: watch::Sender::new(0),
+            router: Router {
+                operator_namespace: operator_namespace.to_string(),
+                policies,
+                compiled: Mutex::default(),
+                dirty: Mutex::default(),
+                trigger,
+            },
+        })
+    }
+
+    /// Starts the watches; they run until the runtime stops.
+    pub fn start(self: &Arc<Self>, client: &Client) {
+        for kind in WorkloadKind::ALL {
+            let cache = self.clone();
+            let events = kind.info().watch(client.clone());
+            tokio::spawn(async move { cache.follow_workloads(kind, events).await });
         }
-    };
-}
-
-workload_impl!(Deployment, WorkloadKind::Deployment, |d| {
-    let status = d.status.clone().unwrap_or_default();
-    let desired = d.spec.replicas.unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    RolloutStatus {
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        desired,
-        updated,
-        available: status.available_replicas.unwrap_or(0),
-        old: (status.replicas.unwrap_or(0) - updated).max(0),
-    }
-});
-workload_impl!(StatefulSet, WorkloadKind::StatefulSet, |s| {
-    let status = s.status.clone().unwrap_or_default();
-    let desired = s.spec.replicas.unwrap_or(1);
-    let on_current_revision =
-        status.update_revision.is_none() || status.update_revision == status.current_revision;
-    let updated = status.updated_replicas.unwrap_or(0);
-    RolloutStatus {
-        generation: s.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        desired,
-        updated: if on_current_revision {
-            status.replicas.max(updated)
-        } else {
-            updated
-        },
-        available: status.ready_replicas.unwrap_or(0),
-        old: if on_current_revision {
-            0
-        } else {
-            (status.replicas - updated).max(0)
-        },
-    }
-});
-workload_impl!(DaemonSet, WorkloadKind::DaemonSet, |d| {
-    let status = d.status.clone().unwrap_or_default();
-    let desired = status.desired_number_scheduled;
-    let updated = status.updated_number_scheduled.unwrap_or(0);
-    RolloutStatus {
-        generation: d.metadata.generation.unwrap_or(0),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        desired,
-        updated,
-        available: status.number_available.unwrap_or(0),
-        old: (status.current_number_scheduled - updated).max(0),
-    }
-});
-
-/// Reader handles of the caches.
-#[derive(Clone)]
-pub struct Stores {
-    pub namespaces: Store<Namespace>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub daemonsets: Store<DaemonSet>,
-    /// The operator's own collector objects.
-    pub collectors: super::collector::CollectorStores,
-}
-
-impl Stores {
-    /// Waits until every cache has listed once, so planning never sees a partial cluster.
-    pub async fn wait_until_ready(
-        &self,
-    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
-        self.namespaces.wait_until_ready().await?;
-        self.deployments.wait_until_ready().await?;
-        self.statefulsets.wait_until_ready().await?;
-        self.daemonsets.wait_until_ready().await?;
-        self.collectors.wait_until_ready().await
+        let cache = self.clone();
+        let namespaces = watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .boxed();
+        tokio::spawn(async move { cache.follow_namespaces(namespaces).await });
     }
 
-    pub fn namespace_views(&self) -> BTreeMap<String, NamespaceView> {
-        self.namespaces
-            .state()
-            .iter()
-            .filter_map(|ns| {
-                let name = ns.metadata.name.clone()?;
-                Some((
-                    name.clone(),
-                    NamespaceView {
-                        name,
-                        labels: ns.metadata.labels.clone().unwrap_or_default(),
-                    },
-                ))
-            })
-            .collect()
+    /// Waits until every watch has listed once, so planning never sees a partial cluster.
+    pub async fn wait_until_ready(&self) -> Result<(), watch::error::RecvError> {
+        let mut rx = self.synced.subscribe();
+        rx.wait_for(|n| *n >= WATCHES).await.map(drop)
     }
 
-    /// Every workload of the three kinds except the operator's own collectors, sorted.
-    pub fn workload_views(&self) -> Vec<WorkloadView> {
-        let mut views: Vec<WorkloadView> = Vec::new();
-        views.extend(
-            self.deployments
-                .state()
-                .iter()
-                .filter_map(|w| workload_view(w.as_ref())),
-        );
-        views.extend(
-            self.statefulsets
-                .state()
-                .iter()
-                .filter_map(|w| workload_view(w.as_ref())),
-        );
-        views.extend(
-            self.daemonsets
-                .state()
-                .iter()
-                .filter_map(|w| workload_view(w.as_ref())),
-        );
-        views.sort_by(|a, b| a.id.cmp(&b.id));
-        views
+    pub fn is_ready(&self) -> bool {
+        *self.synced.borrow() >= WATCHES
     }
-}
 
-impl Stores {
-    /// The rollout status of a cached workload.
-    pub fn rollout_status(&self, id: &WorkloadId) -> Option<RolloutStatus> {
-        use kube::runtime::reflector::ObjectRef;
-        match id.kind {
-            WorkloadKind::Deployment => self
-                .deployments
-                .get(&ObjectRef::new(&id.name).within(&id.namespace))
-                .map(|w| w.rollout_status()),
-            WorkloadKind::StatefulSet => self
-                .statefulsets
-                .get(&ObjectRef::new(&id.name).within(&id.namespace))
-                .map(|w| w.rollout_status()),
-            WorkloadKind::DaemonSet => self
-                .daemonsets
-                .get(&ObjectRef::new(&id.name).within(&id.namespace))
-                .map(|w| w.rollout_status()),
-        }
-    }
-}
-
-/// A hash of everything a trimmed workload carries except its resourceVersion and
-/// the timestamps in managedFields: the watch triggers reconciles only when
-/// something planning or rollout tracking reads has changed.
-pub fn content_hash<W: Workload + serde::Serialize>(w: &W) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut value = serde_json::to_value(w).ok()?;
-    if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        meta.remove("resourceVersion");
-        if let Some(entries) = meta.get_mut("managedFields").and_then(|m| m.as_array_mut()) {
-            for entry in entries.iter_mut().filter_map(|e| e.as_object_mut()) {
-                entry.remove("time");
-            }
-        }
-    }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.to_string().hash(&mut hasher);
-    Some(hasher.finish())
-}
-
-/// Strips a namespace down to its name and labels.
-pub fn trim_namespace(ns: &mut Namespace) {
-    ns.metadata = ObjectMeta {
-        name: ns.metadata.name.take(),
-        labels: ns.metadata.labels.take(),
-        resource_version: ns.metadata.resource_version.take(),
-        ..Default::default()
-    };
-    ns.spec = None;
-    ns.status = None;
-}
-
-/// Strips a workload down to what planning and rollout tracking read.
-pub fn trim_workload<W: Workload>(w: &mut W) {
-    let meta = w.meta_mut();
-    let ours: Vec<ManagedFieldsEntry> = meta
-        .managed_fields
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(is_operator_entry)
-        .collect();
-    let owned = operator_owned_env(&ours);
-    meta.managed_fields = if ours.is_empty() { None } else { Some(ours) };
-    meta.owner_references = None;
-    meta.finalizers = None;
-    // kubectl's last-applied annotation holds a copy of the whole manifest.
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    w.trim_spec();
-    if let Some(template) = w.template_mut()
-        && let Some(spec) = template.spec.as_mut()
-    {
-        let containers = std::mem::take(&mut spec.containers);
-        *spec = Default::default();
-        spec.containers = containers
-            .into_iter()
-            .map(|c| trim_container(c, &owned))
-            .collect();
-    }
-}
-
-fn trim_container(c: Container, owned: &BTreeMap<String, BTreeSet<String>>) -> Container {
-    let mine = owned.get(&c.name);
-    let env = c.env.map(|env| {
-        env.into_iter()
-            .map(|e| {
-                if mine.is_some_and(|m| m.contains(&e.name)) {
-                    e
-                } else {
-                    EnvVar {
-                        name: e.name,
-                        ..Default::default()
+    async fn follow_workloads(
+        self: Arc<Self>,
+        kind: WorkloadKind,
+        mut events: futures::stream::BoxStream<
+            'static,
+            Result<crate::workload::WatchEvent, watcher::Error>,
+        >,
+    ) {
+        let mut relisting: Option<HashSet<WorkloadId>> = None;
+        let mut synced = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => relisting = Some(HashSet::new()),
+                Ok(watcher::Event::InitApply(w)) => {
+                    if let Some(seen) = relisting.as_mut() {
+                        seen.insert(w.id.clone());
+                    }
+                    self.upsert(w);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    // A re-list after a lost watch: what it did not return is gone.
+                    if let Some(seen) = relisting.take() {
+                        let gone: Vec<WorkloadId> = self
+                            .read_workloads()
+                            .keys()
+                            .filter(|id| id.kind == kind && !seen.contains(id))
+                            .cloned()
+                            .collect();
+                        for id in gone {
+                            self.remove(&id);
+                        }
+                    }
+                    if !synced {
+                        synced = true;
+                        self.synced.send_modify(|n| *n += 1);
                     }
                 }
-            })
-            .collect()
-    });
-    Container {
-        name: c.name,
-        image: c.image,
-        env,
-        ..Default::default()
+                Ok(watcher::Event::Apply(w)) => self.upsert(w),
+                Ok(watcher::Event::Delete(w)) => self.remove(&w.id),
+                Err(error) => warn!(%kind, %error, "workload watch error; retrying"),
+            }
+        }
     }
-}
 
-fn is_operator_entry(m: &ManagedFieldsEntry) -> bool {
-    m.manager.as_deref() == Some(FIELD_MANAGER)
-        && m.operation.as_deref() == Some("Apply")
-        && m.subresource.as_deref().unwrap_or_default().is_empty()
-}
+    async fn follow_namespaces(
+        self: Arc<Self>,
+        mut events: futures::stream::BoxStream<
+            'static,
+            Result<watcher::Event<Namespace>, watcher::Error>,
+        >,
+    ) {
+        let mut relisting: Option<HashSet<String>> = None;
+        let mut synced = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => relisting = Some(HashSet::new()),
+                Ok(watcher::Event::InitApply(ns)) => {
+                    if let Some(seen) = relisting.as_mut() {
+                        seen.insert(ns.name_any());
+                    }
+                    self.upsert_namespace(&ns);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(seen) = relisting.take() {
+                        let gone: Vec<String> = self
+                            .read_namespaces()
+                            .keys()
+                            .filter(|n| !seen.contains(*n))
+                            .cloned()
+                            .collect();
+                        for name in gone {
+                            self.remove_namespace(&name);
+                        }
+                    }
+                    if !synced {
+                        synced = true;
+                        self.synced.send_modify(|n| *n += 1);
+                    }
+                }
+                Ok(watcher::Event::Apply(ns)) => self.upsert_namespace(&ns),
+                Ok(watcher::Event::Delete(ns)) => self.remove_namespace(&ns.name_any()),
+                Err(error) => warn!(%error, "namespace watch error; retrying"),
+            }
+        }
+    }
 
-/// Env names per container that the operator's field manager owns, read from
-/// `managedFields` (`f:spec.f:template.f:spec.f:containers.k:{"name":..}.f:env.k:{"name":..}`).
-pub fn operator_owned_env(entries: &[ManagedFieldsEntry]) -> BTreeMap<String, BTreeSet<String>> {
-    let mut owned: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for entry in entries.iter().filter(|m| is_operator_entry(m)) {
-        let Some(fields) = entry.fields_v1.as_ref() else {
-            continue;
+    fn read_workloads(&self) -> std::sync::RwLockReadGuard<'_, HashMap<WorkloadId, Arc<Workload>>> {
+        // The map holds plain values: a panic elsewhere cannot leave it inconsistent.
+        self.workloads
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read_namespaces(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NamespaceView>> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes in a workload as a write of the operator's returned it, before its
+    /// watch event arrives, so that the next reconcile never plans on the state
+    /// before its own write (the change is routed like any other).
+    pub fn written(&self, w: Workload) {
+        self.upsert(w);
+    }
+
+    fn upsert(&self, w: Workload) {
+        let new = Arc::new(w);
+        let old = self
+            .workloads
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(new.id.clone(), new.clone());
+        if old.as_deref() != Some(&*new) {
+            self.router
+                .route(&new.id, old.as_deref(), Some(&new), &self.read_namespaces());
+        }
+    }
+
+    fn remove(&self, id: &WorkloadId) {
+        let old = self
+            .workloads
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+        if let Some(old) = old {
+            self.router
+                .route(id, Some(&old), None, &self.read_namespaces());
+        }
+    }
+
+    fn upsert_namespace(&self, ns: &Namespace) {
+        let view = NamespaceView {
+            name: ns.name_any(),
+            labels: ns.labels().clone(),
         };
-        let containers = fields
-            .0
-            .get("f:spec")
-            .and_then(|v| v.get("f:template"))
-            .and_then(|v| v.get("f:spec"))
-            .and_then(|v| v.get("f:containers"))
-            .and_then(|v| v.as_object());
-        for (key, container) in containers.into_iter().flatten() {
-            let Some(container_name) = list_map_key_name(key) else {
-                continue;
+        let changed = {
+            let mut all = self
+                .namespaces
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.insert(view.name.clone(), view.clone()).as_ref() != Some(&view)
+        };
+        if changed {
+            self.namespace_epoch.fetch_add(1, Ordering::Relaxed);
+            self.router.trigger_all();
+        }
+    }
+
+    fn remove_namespace(&self, name: &str) {
+        let removed = self
+            .namespaces
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+            .is_some();
+        if removed {
+            self.namespace_epoch.fetch_add(1, Ordering::Relaxed);
+            self.router.trigger_all();
+        }
+    }
+
+    /// The namespaces as planning sees them.
+    pub fn namespace_views(&self) -> BTreeMap<String, NamespaceView> {
+        self.read_namespaces().clone()
+    }
+
+    pub fn namespace_epoch(&self) -> u64 {
+        self.namespace_epoch.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, id: &WorkloadId) -> Option<Arc<Workload>> {
+        self.read_workloads().get(id).cloned()
+    }
+
+    /// Every workload, in no particular order.
+    pub fn workloads(&self) -> Vec<Arc<Workload>> {
+        self.read_workloads().values().cloned().collect()
+    }
+
+    /// Workloads carrying `policy`'s annotation.
+    pub fn owned_by(&self, policy: &str) -> Vec<Arc<Workload>> {
+        self.read_workloads()
+            .values()
+            .filter(|w| w.annotations.get(POLICY_ANNOTATION).map(String::as_str) == Some(policy))
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read_workloads().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the workloads that changed for `policy` since the last call.
+    pub fn take_dirty(&self, policy: &str) -> HashSet<WorkloadId> {
+        self.router
+            .dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy)
+            .unwrap_or_default()
+    }
+
+    /// Asks every policy to reconcile.
+    pub fn trigger_all(&self) {
+        self.router.trigger_all();
+    }
+
+    /// Asks one policy to reconcile.
+    pub fn trigger(&self, policy: &str) {
+        let _ = self.router.trigger.send(ObjectRef::new(policy));
+    }
+
+    /// Forgets a deleted policy's routing state.
+    pub fn forget_policy(&self, policy: &str) {
+        self.router
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy);
+        self.take_dirty(policy);
+    }
+}
+
+impl Router {
+    /// Sends the change of workload `id` (from `old` to `new`) to every policy
+    /// that selects or owns either.
+    fn route(
+        &self,
+        id: &WorkloadId,
+        old: Option<&Workload>,
+        new: Option<&Workload>,
+        namespaces: &BTreeMap<String, NamespaceView>,
+    ) {
+        let policies = self.policies.state();
+        let mut hits: Vec<String> = Vec::new();
+        for guarded in &policies {
+            let name = guarded.name_any();
+            let owns = |w: Option<&Workload>| {
+                w.is_some_and(|w| w.annotations.get(POLICY_ANNOTATION) == Some(&name))
             };
-            let env = container.get("f:env").and_then(|v| v.as_object());
-            let names = env
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, _)| list_map_key_name(k));
-            owned.entry(container_name).or_default().extend(names);
+            let selection = guarded.0.as_ref().ok().and_then(|p| self.selection(p));
+            let selects = |w: Option<&Workload>| {
+                let (Some(w), Some(sel)) = (w, selection.as_ref()) else {
+                    return false;
+                };
+                sel.selects(namespaces.get(&*w.id.namespace), w)
+            };
+            if owns(old) || owns(new) || selects(old) || selects(new) {
+                hits.push(name);
+            }
         }
-    }
-    owned
-}
-
-/// `k:{"name":"app"}` -> `app`.
-fn list_map_key_name(key: &str) -> Option<String> {
-    let json = key.strip_prefix("k:")?;
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
-    value.get("name")?.as_str().map(str::to_string)
-}
-
-/// The planning view of a cached workload; `None` for the operator's own collectors.
-pub fn workload_view<W: Workload>(w: &W) -> Option<WorkloadView> {
-    let meta = w.meta();
-    let labels = meta.labels.clone().unwrap_or_default();
-    if labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER) {
-        return None;
-    }
-    let owned = operator_owned_env(meta.managed_fields.as_deref().unwrap_or_default());
-    let template = w.template();
-    let template_meta = template.and_then(|t| t.metadata.as_ref());
-    let containers = template
-        .and_then(|t| t.spec.as_ref())
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|c| ContainerView {
-            name: c.name.clone(),
-            image: c.image.clone(),
-            env: c.env.clone().unwrap_or_default(),
-            operator_owned_env: owned.get(&c.name).cloned().unwrap_or_default(),
-        })
-        .collect();
-    Some(WorkloadView {
-        id: WorkloadId {
-            namespace: meta.namespace.clone()?,
-            kind: W::KIND,
-            name: meta.name.clone()?,
-        },
-        labels,
-        annotations: meta.annotations.clone().unwrap_or_default(),
-        template_labels: template_meta
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default(),
-        template_annotations: template_meta
-            .and_then(|m| m.annotations.clone())
-            .unwrap_or_default(),
-        containers,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
-
-    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
-        ManagedFieldsEntry {
-            manager: Some(manager.into()),
-            operation: Some(operation.into()),
-            fields_type: Some("FieldsV1".into()),
-            fields_v1: Some(FieldsV1(fields)),
-            ..Default::default()
+        if hits.is_empty() {
+            return;
+        }
+        {
+            let mut dirty = self
+                .dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in &hits {
+                dirty.entry(name.clone()).or_default().insert(id.clone());
+            }
+        }
+        for name in hits {
+            let _ = self.trigger.send(ObjectRef::new(&name));
         }
     }
 
-    fn env_fields(container: &str, names: &[&str]) -> serde_json::Value {
-        let env: serde_json::Map<String, serde_json::Value> = names
-            .iter()
-            .map(|n| {
-                (
-                    format!("k:{{\"name\":\"{n}\"}}"),
-                    serde_json::json!({".": {}, "f:name": {}, "f:value": {}}),
-                )
-            })
-            .collect();
-        serde_json::json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {
-            format!("k:{{\"name\":\"{container}\"}}"): {".": {}, "f:name": {}, "f:env": env}
-        }}}}})
+    /// The policy's compiled selector (`None` when it is invalid or the policy is
+    /// being deleted), compiled once per generation.
+    fn selection(&self, policy: &crate::api::TracingPolicy) -> Option<Arc<Selection>> {
+        let name = policy.name_any();
+        let generation = policy.metadata.generation;
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((g, sel)) = compiled.get(&name)
+            && *g == generation
+            && policy.metadata.deletion_timestamp.is_none()
+        {
+            return sel.clone();
+        }
+        let sel = if policy.metadata.deletion_timestamp.is_some() {
+            None
+        } else {
+            Selection::new(&policy.spec, &self.operator_namespace)
+                .ok()
+                .map(Arc::new)
+        };
+        compiled.insert(name, (generation, sel.clone()));
+        sel
     }
 
-    #[test]
-    fn owned_env_comes_only_from_the_operators_apply_entry() {
-        let entries = vec![
-            entry(
-                FIELD_MANAGER,
-                "Apply",
-                env_fields("app", &["OTEL_SERVICE_NAME", "OTEL_PROPAGATORS"]),
-            ),
-            entry(
-                "kubectl-client-side-apply",
-                "Update",
-                env_fields("app", &["NODE_ENV"]),
-            ),
-            entry(
-                FIELD_MANAGER,
-                "Update",
-                env_fields("app", &["SHOULD_NOT_COUNT"]),
-            ),
-        ];
-        let owned = operator_owned_env(&entries);
-        let app: Vec<&str> = owned["app"].iter().map(String::as_str).collect();
-        assert_eq!(app, ["OTEL_PROPAGATORS", "OTEL_SERVICE_NAME"]);
-    }
-
-    #[test]
-    fn trimming_keeps_operator_values_and_only_names_of_user_entries() {
-        let mut d: Deployment = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "gateway", "namespace": "caas-gateway",
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"},
-                "managedFields": [
-                    {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
-                     "fieldsV1": env_fields("app", &["OTEL_SERVICE_NAME"])},
-                    {"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}
-                ]
-            },
-            "spec": {
-                "selector": {"matchLabels": {"app": "gateway"}},
-                "template": {"metadata": {"labels": {"app": "gateway"}}, "spec": {
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                    "containers": [{"name": "app", "image": "gateway:1.2.3", "args": ["--big"],
-                        "env": [{"name": "NODE_ENV", "value": "production"},
-                                {"name": "OTEL_SERVICE_NAME", "value": "gateway"}]}]
-                }}
-            }
-        }))
-        .expect("deployment parses");
-        trim_workload(&mut d);
-        assert_eq!(d.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
-        let annotations = d.metadata.annotations.clone().unwrap_or_default();
-        assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
-        assert_eq!(annotations.get("keep").map(String::as_str), Some("me"));
-
-        let view = workload_view(&d).expect("a view");
-        assert_eq!(view.id.name, "gateway");
-        assert_eq!(
-            view.template_labels.get("app").map(String::as_str),
-            Some("gateway")
-        );
-        let app = &view.containers[0];
-        assert_eq!(app.image.as_deref(), Some("gateway:1.2.3"));
-        assert_eq!(
-            app.env[0],
-            EnvVar {
-                name: "NODE_ENV".into(),
-                ..Default::default()
-            }
-        );
-        assert_eq!(app.env[1].value.as_deref(), Some("gateway"));
-        assert!(app.operator_owned_env.contains("OTEL_SERVICE_NAME"));
-        assert!(!app.operator_owned_env.contains("NODE_ENV"));
-        let spec = d.spec.template.spec.expect("pod spec kept");
-        assert!(spec.volumes.is_none());
-        assert!(spec.containers[0].args.is_none());
-    }
-
-    #[test]
-    fn the_operators_own_collectors_are_not_workloads() {
-        let d: Deployment = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p-collector", "namespace": "observability",
-                         "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
-            "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "otelcol"}]}}}
-        }))
-        .expect("deployment parses");
-        assert!(workload_view(&d).is_none());
+    fn trigger_all(&self) {
+        for p in self.policies.state() {
+            let _ = self.trigger.send(ObjectRef::new(&p.name_any()));
+        }
     }
 }

@@ -24,7 +24,7 @@ use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::ApiResource;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -34,8 +34,6 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::Context;
-use super::cache::MANAGED_BY_LABEL;
-use super::status::Problem;
 use crate::api::{
     CollectorStatus, FIELD_MANAGER, Mode, POLICY_ANNOTATION, Placement, TracingPolicy,
     TracingPolicySpec,
@@ -44,7 +42,9 @@ use crate::plan::collector::{
     CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, config_hash, plan_collector,
     referenced_secrets,
 };
-use crate::plan::{PolicyPlan, collector_name, collector_namespace, export_target};
+use crate::plan::status::Problem;
+use crate::plan::{collector_name, collector_namespace, export_target};
+use crate::workload::MANAGED_BY_LABEL;
 
 /// Annotation on each collector object: a hash of everything the operator applies
 /// to it. A changed intent (including a field the operator stops setting) changes
@@ -74,8 +74,8 @@ pub struct CollectorStores {
 }
 
 /// Key names of Secrets found in the last [`SECRET_TTL`], by namespace and name.
-/// Every workload change reconciles every policy, so without it a busy cluster
-/// would GET the same Secrets many times a second. A Secret that was missing is
+/// Every change of a selected workload reconciles its policy, so without it a
+/// busy cluster would GET the same Secrets many times a second. A Secret that was missing is
 /// never remembered: creating it is seen on the next retry.
 #[derive(Clone, Default)]
 pub struct SecretKeys(Arc<Mutex<HashMap<SecretId, KeysRead>>>);
@@ -143,10 +143,11 @@ pub fn watch_config() -> watcher::Config {
         .labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
 }
 
-/// Starts the three trimmed, reflected collector watches. The stream yields `()`
-/// whenever one of the objects changes or is deleted, so the policies reconcile
-/// (a deleted or edited collector is put back; `readyReplicas` follows its pods).
-pub fn watch(client: &Client) -> (CollectorStores, impl Stream<Item = ()> + Send + 'static) {
+/// Starts the three trimmed, reflected collector watches. The stream yields the
+/// name of the policy (its `tracing.caas.io/policy` label) whenever one of its
+/// objects changes or is deleted, so that policy reconciles (a deleted or edited
+/// collector is put back; `readyReplicas` follows its pods).
+pub fn watch(client: &Client) -> (CollectorStores, impl Stream<Item = String> + Send + 'static) {
     let (config_maps, cm) = reflected::<ConfigMap>(client, trim_config_map);
     let (deployments, deploy) = reflected::<Deployment>(client, trim_deployment);
     let (services, svc) = reflected::<Service>(client, trim_service);
@@ -164,7 +165,7 @@ pub fn watch(client: &Client) -> (CollectorStores, impl Stream<Item = ()> + Send
 fn reflected<K>(
     client: &Client,
     trim: fn(&mut K),
-) -> (Store<K>, futures::stream::BoxStream<'static, ()>)
+) -> (Store<K>, futures::stream::BoxStream<'static, String>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -181,9 +182,9 @@ where
         .reflect(writer)
         .filter_map(|event| async move {
             match event {
-                Ok(
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
-                ) => Some(()),
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    o.labels().get(POLICY_ANNOTATION).cloned()
+                }
                 Ok(_) => None,
                 Err(error) => {
                     warn!(%error, kind = %K::kind(&()), "collector watch error");
@@ -398,13 +399,13 @@ pub fn quantity_nanos(s: &str) -> Option<i128> {
 pub async fn reconcile(
     ctx: &Arc<Context>,
     policy: &TracingPolicy,
-    plan: &PolicyPlan,
+    selected_namespaces: &[String],
 ) -> CollectorOutcome {
     let name = policy.name_any();
     let spec = &policy.spec;
     let enforce = spec.mode == Mode::Enforce;
     let operator_ns = ctx.settings.operator_namespace.as_str();
-    let wanted = collector_namespaces(spec, operator_ns, &plan.selected_namespaces);
+    let wanted = collector_namespaces(spec, operator_ns, selected_namespaces);
 
     let mut problems = Vec::new();
     if enforce {
@@ -414,13 +415,13 @@ pub async fn reconcile(
         return CollectorOutcome {
             problems,
             status: None,
-            serving: plan.selected_namespaces.iter().cloned().collect(),
+            serving: selected_namespaces.iter().cloned().collect(),
         };
     }
 
     let owner = policy.controller_owner_ref(&());
     let owner = owner.as_ref();
-    let known = ctx.stores.namespace_views();
+    let known = ctx.cache.namespace_views();
     let name = name.as_str();
     let results: Vec<(String, Vec<Problem>)> = stream::iter(wanted.iter())
         .map(|ns| {
@@ -452,8 +453,7 @@ pub async fn reconcile(
     collector_problems.sort_by(|a, b| (a.reason, &a.message).cmp(&(b.reason, &b.message)));
     problems.extend(bounded(collector_problems));
 
-    let serving = plan
-        .selected_namespaces
+    let serving = selected_namespaces
         .iter()
         .filter(|ns| healthy.contains(&collector_namespace(spec, operator_ns, ns)))
         .cloned()
@@ -461,8 +461,7 @@ pub async fn reconcile(
     let ready_replicas = wanted
         .iter()
         .filter_map(|ns| {
-            ctx.stores
-                .collectors
+            ctx.collectors
                 .deployments
                 .get(&ObjectRef::new(&collector_name(name)).within(ns))
         })
@@ -638,7 +637,7 @@ async fn ensure(
     enforce: bool,
 ) -> Vec<Problem> {
     let header_secret_keys =
-        match read_secrets(&ctx.client, &ctx.stores.collectors.secret_keys, spec, ns).await {
+        match read_secrets(&ctx.client, &ctx.collectors.secret_keys, spec, ns).await {
             Ok(keys) => keys,
             Err(problems) => return problems,
         };
@@ -661,7 +660,7 @@ async fn ensure(
         return Vec::new();
     }
     // The ConfigMap and Service first, so the new pods find their configuration.
-    let stores = &ctx.stores.collectors;
+    let stores = &ctx.collectors;
     let mut problems = Vec::new();
     let CollectorPlan {
         config_map,
@@ -711,17 +710,11 @@ where
             |path| format!("{path} differs"),
         ),
     };
-    ctx.limiter.until_ready().await;
-    ctx.metrics.api_write("patch", &kind);
-    let api = Api::<K>::namespaced(ctx.client.clone(), &ns);
     // Force: these objects are entirely the operator's; a field someone else
     // took over is taken back.
-    match api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
+    match ctx
+        .writer
+        .apply_owned(&ApiResource::erase::<K>(&()), Some(&ns), &name, &body)
         .await
     {
         Ok(_) => {
@@ -739,7 +732,7 @@ async fn delete_unwanted(
     wanted: &BTreeSet<String>,
 ) -> Vec<Problem> {
     let name = collector_name(policy);
-    let stores = &ctx.stores.collectors;
+    let stores = &ctx.collectors;
     let mut problems = Vec::new();
     for ns in unwanted(&stores.config_maps, policy, wanted) {
         problems.extend(delete::<ConfigMap>(ctx, &ns, &name).await);
@@ -779,17 +772,15 @@ where
         + std::fmt::Debug,
 {
     let kind = K::kind(&());
-    ctx.limiter.until_ready().await;
-    ctx.metrics.api_write("delete", &kind);
-    match Api::<K>::namespaced(ctx.client.clone(), ns)
-        .delete(name, &DeleteParams::background())
+    match ctx
+        .writer
+        .delete_owned(&ApiResource::erase::<K>(&()), ns, name)
         .await
     {
-        Ok(_) => {
+        Ok(()) => {
             info!(%kind, namespace = %ns, %name, "deleted collector object the policy no longer wants");
             None
         }
-        Err(kube::Error::Api(status)) if status.is_not_found() => None,
         Err(error) => Some(Problem {
             reason: "CollectorDeleteFailed",
             message: format!("deleting {kind} {ns}/{name}: {error}"),

@@ -1,49 +1,61 @@
-//! The environment the operator writes into each instrumented container: the
-//! contract's table (`tracingpolicy-api.md`), computed per workload and container.
+//! The variables the operator gives each instrumented container: the contract's
+//! table (`docs/tracingpolicy.md`), planned once per workload.
+//!
+//! A [`WorkloadPlan`] is the same for every selected container except for three
+//! things only the container knows: its name (`k8s.container.name`), its
+//! version (`service.version`: the pod's `app.kubernetes.io/version` label, else
+//! the container's image tag) and the variables it sets itself. So the plan keeps
+//! one ordered list of [`PlannedVar`]s and `plan::injection` materializes it per
+//! container: in the API server at pod creation (admission injection, which reads
+//! the label and the image tag from the pod being created, so an image bump needs
+//! no second rollout), or in the operator for the pod template.
 //!
 //! Rules this module decides (the tests pin them):
-//! - Entry order: the two downward-API helpers first, then `OTEL_SERVICE_NAME`,
+//! - Order: the two downward-API helpers first, then `OTEL_SERVICE_NAME`,
 //!   `OTEL_RESOURCE_ATTRIBUTES`, exporter, propagators, sampler, then the policy's
 //!   `env` templates in spec order. Kubernetes resolves `$(VAR)` only against
 //!   entries that come earlier in the list, hence the helpers first.
-//! - `OTEL_RESOURCE_ATTRIBUTES` holds the identity attributes in a fixed order
-//!   (`service.version`, `deployment.environment.name`, `service.namespace`,
-//!   `k8s.namespace.name`, `k8s.<kind>.name`, `k8s.container.name`,
-//!   `k8s.pod.name`, `k8s.node.name`), then the other attributes sorted by key.
+//! - `OTEL_RESOURCE_ATTRIBUTES` holds `service.version` (when there is one), then
+//!   the identity attributes in a fixed order (`deployment.environment.name`,
+//!   `service.namespace`, `k8s.namespace.name`, `k8s.<kind>.name`, `k8s.pod.name`,
+//!   `k8s.node.name`), then the other attributes sorted by key, then
+//!   `k8s.container.name`.
 //! - Duplicate keys: an identity attribute the operator computes cannot be
-//!   overridden. `service.version` and `deployment.environment.name` are the only
-//!   identity attributes the operator may have no value for (no version label and
-//!   no image tag; no `service.environment`); then an attribute of the same key
-//!   from the policy or a namespace label fills them. `service.name` is never
-//!   taken from attributes: `OTEL_SERVICE_NAME` defines it. Between the two
+//!   overridden. `service.version` and `deployment.environment.name` may have no
+//!   value (no label, no tag; no `service.environment`); then an attribute of the
+//!   same key from the policy or a namespace label fills them. `service.name` is
+//!   never taken from attributes: `OTEL_SERVICE_NAME` defines it. Between the two
 //!   sources of extra attributes, `service.resourceAttributes` wins over
 //!   `service.attributesFromNamespaceLabels`.
-//! - The `env` templates see the values that went into `OTEL_RESOURCE_ATTRIBUTES`
-//!   (a filled-in version or environment included); a missing one is `""`.
+//! - The `env` templates see the values that went into `OTEL_RESOURCE_ATTRIBUTES`;
+//!   a missing one is `""`.
 //! - Values in `OTEL_RESOURCE_ATTRIBUTES` are percent-encoded (W3C baggage
 //!   octets; also `%`, `=` and `$`, the last so Kubernetes never expands a `$(…)`
 //!   that came from user data). Values the operator substitutes into
 //!   `OTEL_SERVICE_NAME` and the `env` templates have every `$` doubled, which
 //!   Kubernetes turns back into one `$`, for the same reason; the literal text
 //!   of a template is left as the policy author wrote it.
-//! - The user wins: an entry the container already has and the operator does not
-//!   own is not set and is reported. When the user sets
+//! - The user wins: a variable the container sets itself (and the operator does
+//!   not own) is not set and is reported. When the user sets
 //!   `OTEL_RESOURCE_ATTRIBUTES`, the helpers (which only serve it) are left out too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use sha2::{Digest, Sha256};
 
 use super::{
-    ContainerPlan, ContainerView, NamespaceView, PolicyView, WorkloadPlan, WorkloadView,
+    Container, ContainerPlan, Injection, NamespaceView, PolicyView, Workload, WorkloadPlan,
     export_target,
 };
+pub use crate::workload::{NAME_LABEL, SERVICE_NAME_ANNOTATION, VERSION_LABEL};
 
 /// Downward-API helper holding the pod name, referenced from `OTEL_RESOURCE_ATTRIBUTES`.
 pub const POD_NAME_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES_POD_NAME";
 /// Downward-API helper holding the node name, referenced from `OTEL_RESOURCE_ATTRIBUTES`.
 pub const NODE_NAME_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES_NODE_NAME";
+/// Downward-API helper holding the pod's `app.kubernetes.io/version` label (pod-template
+/// injection only; admission injection reads the label when the pod is created).
+pub const VERSION_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES_SERVICE_VERSION";
 pub const SERVICE_NAME_VAR: &str = "OTEL_SERVICE_NAME";
 pub const RESOURCE_ATTRIBUTES_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -52,13 +64,47 @@ pub const TRACES_EXPORTER_VAR: &str = "OTEL_TRACES_EXPORTER";
 pub const PROPAGATORS_VAR: &str = "OTEL_PROPAGATORS";
 pub const SAMPLER_VAR: &str = "OTEL_TRACES_SAMPLER";
 pub const SAMPLER_ARG_VAR: &str = "OTEL_TRACES_SAMPLER_ARG";
+/// The token of an `env` template that stands for the container's version.
+pub const VERSION_TOKEN: &str = "{service.version}";
 
-/// Annotation that names the service (OpenTelemetry's own convention).
-pub const SERVICE_NAME_ANNOTATION: &str = "resource.opentelemetry.io/service.name";
-/// Recommended Kubernetes label naming the application.
-pub const NAME_LABEL: &str = "app.kubernetes.io/name";
-/// Recommended Kubernetes label with the application's version.
-pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
+/// One planned variable, in the order it is added to each container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PlannedVar {
+    pub name: String,
+    pub value: PlannedValue,
+}
+
+/// A planned variable's value, as far as it does not depend on the container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PlannedValue {
+    /// A downward-API field of the pod (`metadata.name`, `spec.nodeName`).
+    Field(&'static str),
+    /// A literal, escaped for Kubernetes (`$$` reads back as `$`).
+    Literal(String),
+    /// `OTEL_RESOURCE_ATTRIBUTES`: the container's `service.version=…` goes before
+    /// these attributes and its `k8s.container.name=…` after them.
+    Attributes(String),
+    /// A literal in which [`VERSION_TOKEN`] is replaced by the container's version.
+    Versioned(String),
+}
+
+/// Where each container's `service.version` comes from, in this order: the pod's
+/// own `app.kubernetes.io/version` label; the workload's, when the template has
+/// none; the container's image tag (always with admission injection; with
+/// pod-template injection only when `service.versionFromImageTag` opts in); the
+/// policy's `service.version` attribute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VersionPlan {
+    /// The pod template carries `app.kubernetes.io/version`.
+    pub pod_label: bool,
+    /// The workload's own label, when the template has none.
+    pub workload_label: Option<String>,
+    /// Pod-template injection with `versionFromImageTag`: each container's tag,
+    /// written into the template (so an image bump rolls the workload again).
+    pub image_tags: Option<BTreeMap<String, String>>,
+    /// `service.version` from the policy's attributes: the last resort.
+    pub fallback: Option<String>,
+}
 
 /// The first non-empty value of `key` in the pod template's map, then the workload's.
 fn template_then_workload<'w>(
@@ -75,25 +121,24 @@ fn template_then_workload<'w>(
 
 /// `service.name`: annotation `resource.opentelemetry.io/service.name` > label
 /// `app.kubernetes.io/name` (pod template first, then the workload) > workload name.
-pub fn service_name(workload: &WorkloadView) -> String {
+pub fn service_name(workload: &Workload) -> String {
     template_then_workload(
-        &workload.template_annotations,
+        &workload.template.annotations,
         &workload.annotations,
         SERVICE_NAME_ANNOTATION,
     )
-    .or_else(|| template_then_workload(&workload.template_labels, &workload.labels, NAME_LABEL))
+    .or_else(|| template_then_workload(&workload.template.labels, &workload.labels, NAME_LABEL))
     .unwrap_or(&workload.id.name)
     .to_string()
 }
 
-/// `service.version` of one container: label `app.kubernetes.io/version` (pod
-/// template first, then the workload) > the container's image tag.
-pub fn service_version(workload: &WorkloadView, container: &ContainerView) -> Option<String> {
-    template_then_workload(&workload.template_labels, &workload.labels, VERSION_LABEL)
+/// The version of one container in the pod the template makes, as far as the
+/// operator can tell from the template: the label, else the image tag.
+pub fn service_version(workload: &Workload, container: &Container) -> Option<String> {
+    template_then_workload(&workload.template.labels, &workload.labels, VERSION_LABEL)
         .or_else(|| container.image.as_deref().and_then(image_tag))
         .map(str::to_string)
 }
-
 /// The tag of an image reference, if it has one: `[registry[:port]/]path[:tag][@digest]`.
 /// A `:` before the last `/` is a registry port, not a tag; a digest is not a tag.
 pub fn image_tag(image: &str) -> Option<&str> {
@@ -193,30 +238,6 @@ pub struct TemplateVars<'a> {
     pub environment: &'a str,
 }
 
-fn literal(name: &str, value: String) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value: Some(value),
-        value_from: None,
-    }
-}
-
-/// A downward-API entry. `apiVersion: v1` is what the API server defaults it to,
-/// so the planned entry equals the live one and a converged workload needs no write.
-fn field_ref(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".to_string()),
-                field_path: field_path.to_string(),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
 /// The attributes from the policy (namespace labels, then `resourceAttributes`
 /// on top), before the identity attributes are laid over them.
 fn extra_attributes(
@@ -238,174 +259,178 @@ fn extra_attributes(
     extra
 }
 
-/// Plans one workload: the env of each of `containers` (the instrumented ones,
-/// in pod order) and the config hash. `namespace` is the workload's namespace as
-/// the snapshot has it (for `attributesFromNamespaceLabels`).
+fn literal(name: &str, value: String) -> PlannedVar {
+    PlannedVar {
+        name: name.to_string(),
+        value: PlannedValue::Literal(value),
+    }
+}
+
+/// Plans one workload: the variables every one of `containers` (the
+/// instrumented ones, in pod order) gets, what each container sets itself, and
+/// the config hash. `namespace` is the workload's namespace as the snapshot has
+/// it (for `attributesFromNamespaceLabels`).
 pub fn plan_workload<'c>(
     policy: &PolicyView,
     operator_namespace: &str,
     namespace: Option<&NamespaceView>,
-    workload: &WorkloadView,
-    containers: impl IntoIterator<Item = &'c ContainerView>,
+    workload: &Workload,
+    containers: impl IntoIterator<Item = &'c Container>,
+    injection: Injection,
 ) -> WorkloadPlan {
+    let spec = &policy.spec;
     let service = service_name(workload);
-    let shared = Shared::new(policy, operator_namespace, namespace, workload, &service);
-    let containers: Vec<ContainerPlan> = containers
-        .into_iter()
-        .map(|c| shared.plan_container(workload, c))
+    let ns: &str = &workload.id.namespace;
+    let extra = extra_attributes(policy, namespace);
+    let fill = |key: &str| extra.get(key).filter(|v| !v.is_empty()).cloned();
+    let containers: Vec<&Container> = containers.into_iter().collect();
+
+    let non_empty =
+        |m: &BTreeMap<String, String>| m.get(VERSION_LABEL).filter(|v| !v.is_empty()).cloned();
+    let pod_label = non_empty(&workload.template.labels).is_some();
+    let workload_label = non_empty(&workload.labels).filter(|_| !pod_label);
+    let image_tags = (injection == Injection::PodTemplate
+        && spec.service.version_from_image_tag
+        && !pod_label
+        && workload_label.is_none())
+    .then(|| {
+        containers
+            .iter()
+            .filter_map(|c| {
+                let tag = c.image.as_deref().and_then(image_tag)?;
+                Some((c.name.to_string(), tag.to_string()))
+            })
+            .collect()
+    });
+    let version = VersionPlan {
+        pod_label,
+        workload_label,
+        image_tags,
+        fallback: fill("service.version"),
+    };
+    let environment = spec
+        .service
+        .environment
+        .clone()
+        .filter(|e| !e.is_empty())
+        .or_else(|| fill("deployment.environment.name"));
+
+    // Identity attributes, in their fixed order; `None` values are left out.
+    let kind_key = workload.id.kind.info().semconv_name_key();
+    let identity: [(&str, Option<&str>); 4] = [
+        ("deployment.environment.name", environment.as_deref()),
+        ("service.namespace", Some(ns)),
+        ("k8s.namespace.name", Some(ns)),
+        (kind_key, Some(&workload.id.name)),
+    ];
+    let mut attributes: Vec<String> = identity
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", percent_encode(v))))
         .collect();
-    let config_hash = config_hash(&policy.name, &containers);
+    attributes.push(format!("k8s.pod.name=$({POD_NAME_VAR})"));
+    attributes.push(format!("k8s.node.name=$({NODE_NAME_VAR})"));
+    let reserved = |k: &str| {
+        matches!(
+            k,
+            "service.name"
+                | "service.version"
+                | "k8s.pod.name"
+                | "k8s.node.name"
+                | "k8s.container.name"
+        ) || identity.iter().any(|(key, _)| *key == k)
+    };
+    attributes.extend(
+        extra
+            .iter()
+            .filter(|(k, _)| !reserved(k))
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))),
+    );
+
+    let target = export_target(&policy.name, spec, operator_namespace, ns);
+    let propagators: Vec<&str> = spec.propagators.iter().map(|p| p.as_str()).collect();
+    let sampler = if spec.sampling.parent_based {
+        "parentbased_traceidratio"
+    } else {
+        "traceidratio"
+    };
+    let mut vars = vec![
+        PlannedVar {
+            name: POD_NAME_VAR.into(),
+            value: PlannedValue::Field("metadata.name"),
+        },
+        PlannedVar {
+            name: NODE_NAME_VAR.into(),
+            value: PlannedValue::Field("spec.nodeName"),
+        },
+        literal(SERVICE_NAME_VAR, k8s_literal(&service)),
+        PlannedVar {
+            name: RESOURCE_ATTRIBUTES_VAR.into(),
+            value: PlannedValue::Attributes(attributes.join(",")),
+        },
+        literal(ENDPOINT_VAR, target.endpoint),
+        literal(PROTOCOL_VAR, target.protocol.to_string()),
+        literal(TRACES_EXPORTER_VAR, "otlp".to_string()),
+        literal(PROPAGATORS_VAR, propagators.join(",")),
+        literal(SAMPLER_VAR, sampler.to_string()),
+        literal(
+            SAMPLER_ARG_VAR,
+            format_ratio(sampler_ratio(policy, &service)),
+        ),
+    ];
+    let template_vars = TemplateVars {
+        service_name: &service,
+        // Left as the token: each container's own version replaces it.
+        service_version: VERSION_TOKEN,
+        service_namespace: ns,
+        environment: environment.as_deref().unwrap_or_default(),
+    };
+    for template in &spec.env {
+        // The schema keeps names unique and away from OTEL_; a duplicate here
+        // would make the apply invalid, so the first entry wins.
+        if vars.iter().all(|v| v.name != template.name) {
+            let value = expand_template(&template.value, &template_vars);
+            vars.push(PlannedVar {
+                name: template.name.clone(),
+                value: if value.contains(VERSION_TOKEN) {
+                    PlannedValue::Versioned(value)
+                } else {
+                    PlannedValue::Literal(value)
+                },
+            });
+        }
+    }
+
+    let containers: Vec<ContainerPlan> = containers
+        .iter()
+        .map(|c| ContainerPlan {
+            name: c.name.to_string(),
+            user_overrides: vars
+                .iter()
+                .filter(|v| c.user_sets(&v.name))
+                .map(|v| v.name.clone())
+                .collect(),
+        })
+        .collect();
+    let config_hash = config_hash(&policy.name, &vars, &containers, &version);
     WorkloadPlan {
         service_name: service,
+        vars,
         containers,
+        version,
         config_hash,
     }
 }
 
-/// What every container of one workload shares.
-struct Shared<'a> {
-    policy: &'a PolicyView,
-    service: &'a str,
-    namespace: &'a str,
-    extra: BTreeMap<String, String>,
-    fixed: Vec<EnvVar>,
-}
-
-impl<'a> Shared<'a> {
-    fn new(
-        policy: &'a PolicyView,
-        operator_namespace: &str,
-        namespace: Option<&NamespaceView>,
-        workload: &'a WorkloadView,
-        service: &'a str,
-    ) -> Self {
-        let spec = &policy.spec;
-        let target = export_target(
-            &policy.name,
-            spec,
-            operator_namespace,
-            &workload.id.namespace,
-        );
-        let propagators: Vec<&str> = spec.propagators.iter().map(|p| p.as_str()).collect();
-        let sampler = if spec.sampling.parent_based {
-            "parentbased_traceidratio"
-        } else {
-            "traceidratio"
-        };
-        // Everything after OTEL_RESOURCE_ATTRIBUTES that does not depend on the container.
-        let fixed = vec![
-            literal(ENDPOINT_VAR, target.endpoint),
-            literal(PROTOCOL_VAR, target.protocol.to_string()),
-            literal(TRACES_EXPORTER_VAR, "otlp".to_string()),
-            literal(PROPAGATORS_VAR, propagators.join(",")),
-            literal(SAMPLER_VAR, sampler.to_string()),
-            literal(
-                SAMPLER_ARG_VAR,
-                format_ratio(sampler_ratio(policy, service)),
-            ),
-        ];
-        Shared {
-            policy,
-            service,
-            namespace: &workload.id.namespace,
-            extra: extra_attributes(policy, namespace),
-            fixed,
-        }
-    }
-
-    fn plan_container(&self, workload: &WorkloadView, container: &ContainerView) -> ContainerPlan {
-        let spec = &self.policy.spec;
-        let fill = |key: &str| self.extra.get(key).filter(|v| !v.is_empty()).cloned();
-        let version = service_version(workload, container).or_else(|| fill("service.version"));
-        let environment = spec
-            .service
-            .environment
-            .clone()
-            .filter(|e| !e.is_empty())
-            .or_else(|| fill("deployment.environment.name"));
-
-        // Identity attributes, in their fixed order; `None` values are left out.
-        let identity: [(&str, Option<&str>); 6] = [
-            ("service.version", version.as_deref()),
-            ("deployment.environment.name", environment.as_deref()),
-            ("service.namespace", Some(self.namespace)),
-            ("k8s.namespace.name", Some(self.namespace)),
-            (workload.id.kind.semconv_name_key(), Some(&workload.id.name)),
-            ("k8s.container.name", Some(&container.name)),
-        ];
-        let mut attributes: Vec<String> = identity
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", percent_encode(v))))
-            .collect();
-        attributes.push(format!("k8s.pod.name=$({POD_NAME_VAR})"));
-        attributes.push(format!("k8s.node.name=$({NODE_NAME_VAR})"));
-        let reserved = |k: &str| {
-            k == "service.name"
-                || k == "k8s.pod.name"
-                || k == "k8s.node.name"
-                || identity.iter().any(|(key, _)| *key == k)
-        };
-        attributes.extend(
-            self.extra
-                .iter()
-                .filter(|(k, _)| !reserved(k))
-                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))),
-        );
-
-        let mut desired = vec![
-            field_ref(POD_NAME_VAR, "metadata.name"),
-            field_ref(NODE_NAME_VAR, "spec.nodeName"),
-            literal(SERVICE_NAME_VAR, k8s_literal(self.service)),
-            literal(RESOURCE_ATTRIBUTES_VAR, attributes.join(",")),
-        ];
-        desired.extend(self.fixed.iter().cloned());
-        let vars = TemplateVars {
-            service_name: self.service,
-            service_version: version.as_deref().unwrap_or_default(),
-            service_namespace: self.namespace,
-            environment: environment.as_deref().unwrap_or_default(),
-        };
-        for template in &spec.env {
-            // The schema keeps names unique and away from OTEL_; a duplicate here
-            // would make the apply invalid, so the first entry wins.
-            if desired.iter().all(|e| e.name != template.name) {
-                desired.push(literal(
-                    &template.name,
-                    expand_template(&template.value, &vars),
-                ));
-            }
-        }
-        user_wins(container, desired)
-    }
-}
-
-/// Drops the entries the container's user sets and reports them.
-fn user_wins(container: &ContainerView, desired: Vec<EnvVar>) -> ContainerPlan {
-    let live: BTreeSet<&str> = container.env.iter().map(|e| e.name.as_str()).collect();
-    let users = |name: &str| live.contains(name) && !container.operator_owned_env.contains(name);
-    let helpers_unused = users(RESOURCE_ATTRIBUTES_VAR);
-    let mut env = Vec::with_capacity(desired.len());
-    let mut user_overrides = Vec::new();
-    for entry in desired {
-        if users(&entry.name) {
-            user_overrides.push(entry.name);
-        } else if helpers_unused && (entry.name == POD_NAME_VAR || entry.name == NODE_NAME_VAR) {
-            // Nothing of ours references them any more.
-        } else {
-            env.push(entry);
-        }
-    }
-    ContainerPlan {
-        name: container.name.clone(),
-        env,
-        user_overrides,
-    }
-}
-
 /// 16 hex digits of a sha256 over a length-prefixed serialization of the policy
-/// name and each container's planned env, in plan order: stable across runs and
-/// processes, and any change to a value, name, order or container changes it.
-pub fn config_hash(policy: &str, containers: &[ContainerPlan]) -> String {
+/// name, the planned variables, the containers with what each sets itself, and
+/// the version plan: stable across runs and processes, and any change to a
+/// value, name, order or container changes it.
+pub fn config_hash(
+    policy: &str,
+    vars: &[PlannedVar],
+    containers: &[ContainerPlan],
+    version: &VersionPlan,
+) -> String {
     fn put(h: &mut Sha256, s: &str) {
         h.update((s.len() as u64).to_be_bytes());
         h.update(s.as_bytes());
@@ -420,22 +445,41 @@ pub fn config_hash(policy: &str, containers: &[ContainerPlan]) -> String {
         }
     }
     let mut h = Sha256::new();
-    put(&mut h, "tracing-operator/config-hash/v1");
+    put(&mut h, "tracing-operator/config-hash/v2");
     put(&mut h, policy);
+    h.update((vars.len() as u64).to_be_bytes());
+    for v in vars {
+        put(&mut h, &v.name);
+        let (tag, text) = match &v.value {
+            PlannedValue::Field(path) => ("field", *path),
+            PlannedValue::Literal(s) => ("literal", s.as_str()),
+            PlannedValue::Attributes(s) => ("attributes", s.as_str()),
+            PlannedValue::Versioned(s) => ("versioned", s.as_str()),
+        };
+        put(&mut h, tag);
+        put(&mut h, text);
+    }
     h.update((containers.len() as u64).to_be_bytes());
     for c in containers {
         put(&mut h, &c.name);
-        h.update((c.env.len() as u64).to_be_bytes());
-        for e in &c.env {
-            put(&mut h, &e.name);
-            put_opt(&mut h, e.value.as_deref());
-            // k8s-openapi serializes struct fields in a fixed order.
-            let from = e
-                .value_from
-                .as_ref()
-                .and_then(|v| serde_json::to_string(v).ok());
-            put_opt(&mut h, from.as_deref());
+        h.update((c.user_overrides.len() as u64).to_be_bytes());
+        for o in &c.user_overrides {
+            put(&mut h, o);
         }
+    }
+    h.update([u8::from(version.pod_label)]);
+    put_opt(&mut h, version.workload_label.as_deref());
+    put_opt(&mut h, version.fallback.as_deref());
+    match &version.image_tags {
+        Some(tags) => {
+            h.update([1]);
+            h.update((tags.len() as u64).to_be_bytes());
+            for (c, t) in tags {
+                put(&mut h, c);
+                put(&mut h, t);
+            }
+        }
+        None => h.update([0]),
     }
     let digest = h.finalize();
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()

@@ -6,75 +6,48 @@
 //! is a value-in, value-out transformation, and that is where the tests are.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::EnvVar;
-
-use crate::api::{Placement, Protocol, TracingPolicySpec, WorkloadKind};
+use crate::api::{Placement, Protocol, TracingPolicySpec};
 
 pub mod collector;
 pub mod env;
+pub mod index;
+pub mod injection;
 pub mod precedence;
 pub mod rollout;
 pub mod selection;
+pub mod status;
+
+pub use crate::workload::{Container, Workload, WorkloadId, WorkloadKind};
+pub use env::{PlannedValue, PlannedVar, VersionPlan};
+
+/// How the planned settings reach pods, chosen once at start-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Injection {
+    /// The operator writes its plan into pod-template annotations; the API
+    /// server's MutatingAdmissionPolicy adds the variables to each new pod.
+    #[default]
+    Admission,
+    /// The operator writes the variables into the pod template's containers
+    /// (for API servers without MutatingAdmissionPolicy).
+    PodTemplate,
+}
+
+impl Injection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Injection::Admission => "Admission",
+            Injection::PodTemplate => "PodTemplate",
+        }
+    }
+}
 
 /// A namespace as planning sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NamespaceView {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-}
-
-/// Identity of a workload; orders by namespace, kind, name (the rollout order).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkloadId {
-    pub namespace: String,
-    pub kind: WorkloadKind,
-    pub name: String,
-}
-
-impl std::fmt::Display for WorkloadId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-/// A workload as planning sees it: the trimmed cache entry of a Deployment,
-/// StatefulSet or DaemonSet.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WorkloadView {
-    pub id: WorkloadId,
-    /// `metadata.labels` of the workload.
-    pub labels: BTreeMap<String, String>,
-    /// `metadata.annotations` of the workload.
-    pub annotations: BTreeMap<String, String>,
-    /// `spec.template.metadata.labels`.
-    pub template_labels: BTreeMap<String, String>,
-    /// `spec.template.metadata.annotations`.
-    pub template_annotations: BTreeMap<String, String>,
-    /// `spec.template.spec.containers`, in pod order (init containers are never instrumented).
-    pub containers: Vec<ContainerView>,
-}
-
-impl Default for WorkloadId {
-    fn default() -> Self {
-        WorkloadId {
-            namespace: String::new(),
-            kind: WorkloadKind::Deployment,
-            name: String::new(),
-        }
-    }
-}
-
-/// One container of a workload's pod template.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ContainerView {
-    pub name: String,
-    pub image: Option<String>,
-    /// The container's whole `env` list as it is live.
-    pub env: Vec<EnvVar>,
-    /// Names of the `env` entries that field manager `tracing-operator` owns
-    /// (read from `managedFields`). Every other entry belongs to the user.
-    pub operator_owned_env: BTreeSet<String>,
 }
 
 /// A policy as precedence sees it.
@@ -94,30 +67,32 @@ pub struct Snapshot<'a> {
     /// The operator's namespace: never instrumented, and the default collector namespace.
     pub operator_namespace: &'a str,
     pub namespaces: &'a BTreeMap<String, NamespaceView>,
-    /// Every Deployment, StatefulSet and DaemonSet the operator watches.
-    pub workloads: &'a [WorkloadView],
+    /// The workloads to plan: every one the operator watches, or (incremental
+    /// planning) only those that changed.
+    pub workloads: &'a [Arc<Workload>],
     /// Every TracingPolicy, including the one being planned.
     pub policies: &'a [PolicyView],
+    pub injection: Injection,
 }
 
-/// The env one container should carry from the operator.
+/// What one selected container gets beyond the workload's shared plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerPlan {
     pub name: String,
-    /// The entries the operator applies, in order: downward-API helpers first so
-    /// that `$(VAR)` references in later entries resolve.
-    pub env: Vec<EnvVar>,
-    /// Variables the policy would set but the container sets itself (the user wins).
+    /// Planned variables the container sets itself: the user wins, and status says so.
     pub user_overrides: Vec<String>,
 }
 
-/// What the operator writes into one workload.
+/// What the operator gives one workload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadPlan {
     pub service_name: String,
+    /// The variables each instrumented container gets, in order (see [`env`]).
+    pub vars: Vec<PlannedVar>,
     /// Only the instrumented containers, in pod order.
     pub containers: Vec<ContainerPlan>,
-    /// Short hash of everything applied; written as `tracing.caas.io/config-hash`.
+    pub version: VersionPlan,
+    /// Short hash of everything planned; written as `tracing.caas.io/config-hash`.
     pub config_hash: String,
 }
 
@@ -237,27 +212,104 @@ pub fn plan_policy(policy: &PolicyView, snapshot: &Snapshot<'_>) -> Result<Polic
     plan_policy_with(policy, snapshot, &ownership)
 }
 
-/// Plans one policy, with the ownership index built once for the snapshot (a
-/// controller planning several policies against one snapshot can share it).
-///
-/// Per workload, sorted by [`WorkloadId`]:
-/// - selected, and no Enforce policy with higher precedence selects it:
-///   `Apply` (in DryRun: what Enforce would apply);
-/// - selected, but such a policy does: `Conflicted { winner }`;
-/// - not selected but carrying this policy's annotation: `Remove`, unless another
-///   Enforce policy owns it now. Then nothing is planned for it here: the winner's
-///   apply replaces these settings in one write (all applies share one field
-///   manager, so a `Remove` from this policy would also strip the winner's
-///   entries if it landed after the winner's apply);
-/// - a selected workload carrying this policy's annotation that another policy
-///   now wins is `Conflicted` (not `Remove`), for the same reason;
-/// - anything else: no decision.
-///
-/// A policy being deleted plans `Remove` for every workload carrying its
-/// annotation, even one another policy now owns: the finalizer must leave no
-/// setting of a deleted policy behind, and the winner re-applies on its next
-/// reconcile. Its selector is not even compiled, so an invalid selector never
-/// blocks a deletion.
+/// A policy's selector compiled against a snapshot's namespaces, ready to
+/// decide workload by workload (see [`Planner::decide`]).
+pub struct Planner<'a> {
+    policy: &'a PolicyView,
+    snapshot: &'a Snapshot<'a>,
+    ownership: &'a precedence::Ownership<'a>,
+    /// `None` while the policy is being deleted: its selector is not even
+    /// compiled, so an invalid selector never blocks a deletion.
+    selection: Option<(selection::Selection, BTreeSet<&'a str>)>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(
+        policy: &'a PolicyView,
+        snapshot: &'a Snapshot<'a>,
+        ownership: &'a precedence::Ownership<'a>,
+    ) -> Result<Self, PlanError> {
+        let selection = if policy.deleting {
+            None
+        } else {
+            let selection = selection::Selection::new(&policy.spec, snapshot.operator_namespace)?;
+            let namespaces = selection.selected_namespaces(snapshot.namespaces);
+            Some((selection, namespaces))
+        };
+        Ok(Planner {
+            policy,
+            snapshot,
+            ownership,
+            selection,
+        })
+    }
+
+    pub fn policy_name(&self) -> &str {
+        &self.policy.name
+    }
+
+    /// Namespaces the selector matches, sorted (empty while deleting).
+    pub fn selected_namespaces(&self) -> Vec<String> {
+        self.selection
+            .iter()
+            .flat_map(|(_, ns)| ns.iter().map(|n| n.to_string()))
+            .collect()
+    }
+
+    /// What this policy does with one workload:
+    /// - selected, and no Enforce policy with higher precedence selects it:
+    ///   `Apply` (in DryRun: what Enforce would apply);
+    /// - selected, but such a policy does: `Conflicted { winner }`;
+    /// - not selected but carrying this policy's annotation: `Remove`, unless another
+    ///   Enforce policy owns it now. Then nothing is planned for it here: the winner's
+    ///   apply replaces these settings in one write (all applies share one field
+    ///   manager, so a `Remove` from this policy would also strip the winner's
+    ///   entries if it landed after the winner's apply);
+    /// - a selected workload carrying this policy's annotation that another policy
+    ///   now wins is `Conflicted` (not `Remove`), for the same reason;
+    /// - anything else: `None`.
+    ///
+    /// A policy being deleted plans `Remove` for every workload carrying its
+    /// annotation, even one another policy now owns: the finalizer must leave no
+    /// setting of a deleted policy behind, and the winner re-applies on its next
+    /// reconcile.
+    pub fn decide(&self, w: &Workload) -> Option<WorkloadAction> {
+        let carries_ours =
+            w.annotations.get(crate::api::POLICY_ANNOTATION) == Some(&self.policy.name);
+        let Some((selection, selected)) = &self.selection else {
+            return carries_ours.then_some(WorkloadAction::Remove);
+        };
+        if selection.selects_workload(w, selected) {
+            Some(match self.ownership.beaten_by(self.policy, w) {
+                Some(winner) => WorkloadAction::Conflicted {
+                    winner: winner.name.clone(),
+                },
+                None => WorkloadAction::Apply(env::plan_workload(
+                    self.policy,
+                    self.snapshot.operator_namespace,
+                    self.snapshot.namespaces.get(&*w.id.namespace),
+                    w,
+                    selection.containers(w),
+                    self.snapshot.injection,
+                )),
+            })
+        } else if carries_ours
+            && self
+                .ownership
+                .owner_other_than(&self.policy.name, w)
+                .is_none()
+        {
+            Some(WorkloadAction::Remove)
+        } else {
+            None
+        }
+    }
+}
+
+/// Plans one policy over every workload of the snapshot, with the ownership
+/// index built once for the snapshot (a controller planning several policies
+/// against one snapshot can share it). Decisions are [`Planner::decide`]'s,
+/// sorted by [`WorkloadId`].
 ///
 /// `selected_namespaces` are the namespaces the selector matches (empty while
 /// deleting); `unmatched_service_overrides` are the `sampling.services[]` names,
@@ -267,138 +319,46 @@ pub fn plan_policy_with(
     snapshot: &Snapshot<'_>,
     ownership: &precedence::Ownership<'_>,
 ) -> Result<PolicyPlan, PlanError> {
-    let carries_ours =
-        |w: &WorkloadView| w.annotations.get(crate::api::POLICY_ANNOTATION) == Some(&policy.name);
-    let mut workloads = Vec::new();
-
-    if policy.deleting {
-        workloads.extend(
-            snapshot
-                .workloads
-                .iter()
-                .filter(|w| carries_ours(w))
-                .map(|w| WorkloadDecision {
-                    id: w.id.clone(),
-                    action: WorkloadAction::Remove,
-                }),
-        );
-        workloads.sort_by(|a, b| a.id.cmp(&b.id));
-        return Ok(PolicyPlan {
-            workloads,
-            selected_namespaces: Vec::new(),
-            unmatched_service_overrides: Vec::new(),
-        });
-    }
-
-    let selection = selection::Selection::new(&policy.spec, snapshot.operator_namespace)?;
-    let selected = selection.selected_namespaces(snapshot.namespaces);
-    let mut services = BTreeSet::new();
-    for w in snapshot.workloads {
-        let action = if selection.selects_workload(w, &selected) {
-            match ownership.beaten_by(policy, w) {
-                Some(winner) => WorkloadAction::Conflicted {
-                    winner: winner.name.clone(),
-                },
-                None => {
-                    let plan = env::plan_workload(
-                        policy,
-                        snapshot.operator_namespace,
-                        snapshot.namespaces.get(&w.id.namespace),
-                        w,
-                        selection.containers(w),
-                    );
-                    services.insert(plan.service_name.clone());
-                    WorkloadAction::Apply(plan)
-                }
-            }
-        } else if carries_ours(w) && ownership.owner_other_than(&policy.name, w).is_none() {
-            WorkloadAction::Remove
-        } else {
-            continue;
-        };
-        workloads.push(WorkloadDecision {
-            id: w.id.clone(),
-            action,
-        });
-    }
+    let planner = Planner::new(policy, snapshot, ownership)?;
+    let mut workloads: Vec<WorkloadDecision> = snapshot
+        .workloads
+        .iter()
+        .filter_map(|w| {
+            planner.decide(w).map(|action| WorkloadDecision {
+                id: w.id.clone(),
+                action,
+            })
+        })
+        .collect();
     workloads.sort_by(|a, b| a.id.cmp(&b.id));
-
-    let mut unmatched_service_overrides: Vec<String> = Vec::new();
-    for s in &policy.spec.sampling.services {
-        if !services.contains(&s.name) && !unmatched_service_overrides.contains(&s.name) {
-            unmatched_service_overrides.push(s.name.clone());
-        }
-    }
+    let services: BTreeSet<&str> = workloads
+        .iter()
+        .filter_map(|d| match &d.action {
+            WorkloadAction::Apply(p) => Some(p.service_name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let unmatched_service_overrides = if policy.deleting {
+        Vec::new()
+    } else {
+        unmatched_services(&policy.spec, &services)
+    };
     Ok(PolicyPlan {
+        selected_namespaces: planner.selected_namespaces(),
         workloads,
-        selected_namespaces: selected.into_iter().map(str::to_string).collect(),
         unmatched_service_overrides,
     })
 }
 
-/// An env entry as the API server stores it: an empty `value` is dropped
-/// (`omitempty`) and `fieldRef.apiVersion` defaults to `v1`.
-fn stored_form(
-    e: &EnvVar,
-) -> (
-    Option<&str>,
-    Option<k8s_openapi::api::core::v1::EnvVarSource>,
-) {
-    let value = e.value.as_deref().filter(|v| !v.is_empty());
-    let from = e.value_from.clone().map(|mut from| {
-        if let Some(f) = from.field_ref.as_mut() {
-            f.api_version.get_or_insert_with(|| "v1".to_string());
+/// The `sampling.services[]` names, in spec order and once each, that are not in `services`.
+pub fn unmatched_services(spec: &TracingPolicySpec, services: &BTreeSet<&str>) -> Vec<String> {
+    let mut unmatched: Vec<String> = Vec::new();
+    for s in &spec.sampling.services {
+        if !services.contains(s.name.as_str()) && !unmatched.contains(&s.name) {
+            unmatched.push(s.name.clone());
         }
-        from
-    });
-    (value, from)
-}
-
-/// The live workload carries exactly `plan` from `policy_name`: both annotations
-/// match, every planned entry is in its container, owned by the operator and equal
-/// in its stored form, and the operator owns no other entry in any container.
-/// Entries the user owns are ignored. The controller writes nothing when this
-/// holds, so a converged cluster sees zero writes.
-pub fn is_applied(policy_name: &str, plan: &WorkloadPlan, live: &WorkloadView) -> bool {
-    let annotation = |key: &str| live.annotations.get(key).map(String::as_str);
-    if annotation(crate::api::POLICY_ANNOTATION) != Some(policy_name)
-        || annotation(crate::api::CONFIG_HASH_ANNOTATION) != Some(plan.config_hash.as_str())
-    {
-        return false;
     }
-    let planned_complete = plan.containers.iter().all(|planned| {
-        live.containers
-            .iter()
-            .find(|c| c.name == planned.name)
-            .is_some_and(|c| {
-                planned.env.iter().all(|want| {
-                    c.operator_owned_env.contains(&want.name)
-                        && c.env
-                            .iter()
-                            .find(|have| have.name == want.name)
-                            .is_some_and(|have| stored_form(have) == stored_form(want))
-                })
-            })
-    });
-    let nothing_stale = live.containers.iter().all(|c| {
-        let planned = plan.containers.iter().find(|p| p.name == c.name);
-        c.operator_owned_env
-            .iter()
-            .all(|owned| planned.is_some_and(|p| p.env.iter().any(|e| &e.name == owned)))
-    });
-    planned_complete && nothing_stale
-}
-
-/// No operator-owned env entry in any container and neither operator annotation:
-/// nothing left to remove.
-pub fn is_clean(live: &WorkloadView) -> bool {
-    live.containers
-        .iter()
-        .all(|c| c.operator_owned_env.is_empty())
-        && !live.annotations.contains_key(crate::api::POLICY_ANNOTATION)
-        && !live
-            .annotations
-            .contains_key(crate::api::CONFIG_HASH_ANNOTATION)
+    unmatched
 }
 
 #[cfg(test)]

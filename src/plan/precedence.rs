@@ -16,7 +16,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::selection::Selection;
-use super::{NamespaceView, PolicyView, WorkloadView};
+use super::{NamespaceView, PolicyView, Workload};
 use crate::api::Mode;
 
 /// Orders policies strongest first: `Less` means `a` beats `b`.
@@ -37,7 +37,7 @@ pub fn competes(policy: &PolicyView) -> bool {
 #[derive(Debug)]
 struct Competitor<'a> {
     policy: &'a PolicyView,
-    selection: Selection<'a>,
+    selection: Selection,
     namespaces: BTreeSet<&'a str>,
 }
 
@@ -81,7 +81,7 @@ impl<'a> Ownership<'a> {
     }
 
     /// The policy that owns `workload`: the strongest competitor that selects it.
-    pub fn owner(&self, workload: &WorkloadView) -> Option<&'a PolicyView> {
+    pub fn owner(&self, workload: &Workload) -> Option<&'a PolicyView> {
         self.owner_other_than("", workload)
     }
 
@@ -90,7 +90,7 @@ impl<'a> Ownership<'a> {
     pub fn owner_other_than(
         &self,
         policy_name: &str,
-        workload: &WorkloadView,
+        workload: &Workload,
     ) -> Option<&'a PolicyView> {
         self.competitors
             .iter()
@@ -103,11 +103,7 @@ impl<'a> Ownership<'a> {
     /// and selects `workload`. `None` means `policy` owns the workload if it is
     /// Enforce, or would own it if it were (DryRun): this is how a DryRun policy
     /// reports what it would do against the real ownership.
-    pub fn beaten_by(
-        &self,
-        policy: &PolicyView,
-        workload: &WorkloadView,
-    ) -> Option<&'a PolicyView> {
+    pub fn beaten_by(&self, policy: &PolicyView, workload: &Workload) -> Option<&'a PolicyView> {
         self.competitors
             .iter()
             .take_while(|c| precedence_cmp(c.policy, policy) == Ordering::Less)

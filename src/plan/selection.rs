@@ -9,112 +9,85 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 
-use super::{ContainerView, NamespaceView, PlanError, WorkloadView};
+use super::{Container, NamespaceView, PlanError, Workload};
 use crate::api::{
     ALWAYS_EXCLUDED_NAMESPACES, KNOWN_PROXY_CONTAINERS, PolicySelector, TracingPolicySpec,
     WorkloadKind,
 };
 
-/// One requirement of a label selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Requirement {
-    In(String, BTreeSet<String>),
-    NotIn(String, BTreeSet<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Requirement::In(key, values) => labels.get(key).is_some_and(|v| values.contains(v)),
-            // As in Kubernetes: a missing key satisfies NotIn.
-            Requirement::NotIn(key, values) => labels.get(key).is_none_or(|v| !values.contains(v)),
-            Requirement::Exists(key) => labels.contains_key(key),
-            Requirement::DoesNotExist(key) => !labels.contains_key(key),
-        }
-    }
-}
-
-/// A validated `metav1.LabelSelector`. The empty selector matches everything.
+/// A validated `metav1.LabelSelector`, matched by kube's [`Selector`]. The empty
+/// selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelMatcher {
-    requirements: Vec<Requirement>,
-}
+pub struct LabelMatcher(Selector);
 
 impl LabelMatcher {
-    /// Validates `selector`; `field` names it in errors (`namespaces`, `workloads`).
+    /// Validates `selector` the way the API server validates one on a built-in
+    /// object (kube's conversion accepts `In` without values and `Exists` with
+    /// values); `field` names it in errors (`namespaces`, `workloads`).
     pub fn compile(field: &'static str, selector: &LabelSelector) -> Result<Self, PlanError> {
         let invalid = |message: String| PlanError::InvalidSelector { field, message };
-        let mut requirements = Vec::new();
-        for (key, value) in selector.match_labels.iter().flatten() {
-            if key.is_empty() {
-                return Err(invalid("matchLabels: a key must not be empty".into()));
-            }
-            requirements.push(Requirement::In(
-                key.clone(),
-                BTreeSet::from([value.clone()]),
-            ));
+        if selector
+            .match_labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| k.is_empty())
+        {
+            return Err(invalid("matchLabels: a key must not be empty".into()));
         }
         for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
             let at = format!("matchExpressions[{i}]");
             if expr.key.is_empty() {
                 return Err(invalid(format!("{at}.key must not be empty")));
             }
-            let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
-            let key = expr.key.clone();
-            let requirement = match expr.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => {
+            let empty = expr.values.as_ref().is_none_or(Vec::is_empty);
+            match expr.operator.as_str() {
+                "In" | "NotIn" if empty => {
                     return Err(invalid(format!(
                         "{at}.values must not be empty for operator {}",
                         expr.operator
                     )));
                 }
-                "In" => Requirement::In(key, values),
-                "NotIn" => Requirement::NotIn(key, values),
-                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                "Exists" | "DoesNotExist" if !empty => {
                     return Err(invalid(format!(
                         "{at}.values must be empty for operator {}",
                         expr.operator
                     )));
                 }
-                "Exists" => Requirement::Exists(key),
-                "DoesNotExist" => Requirement::DoesNotExist(key),
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
                 other => {
                     return Err(invalid(format!(
                         "{at}.operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
                     )));
                 }
-            };
-            requirements.push(requirement);
+            }
         }
-        Ok(LabelMatcher { requirements })
+        Selector::try_from(selector.clone())
+            .map(LabelMatcher)
+            .map_err(|e| invalid(e.to_string()))
     }
 
     /// All requirements hold (logical AND, as in Kubernetes).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
+        self.0.matches(labels)
     }
 }
 
 /// A policy's `spec.selector`, compiled once and then evaluated per namespace,
 /// workload and container.
 #[derive(Clone, Debug)]
-pub struct Selection<'a> {
-    operator_namespace: &'a str,
-    exclude: &'a PolicySelector,
+pub struct Selection {
+    operator_namespace: String,
+    exclude: PolicySelector,
     namespaces: Option<LabelMatcher>,
     workloads: Option<LabelMatcher>,
     kinds: BTreeSet<WorkloadKind>,
 }
 
-impl<'a> Selection<'a> {
+impl Selection {
     /// Compiles the selector; the only error is an invalid label selector.
-    pub fn new(
-        spec: &'a TracingPolicySpec,
-        operator_namespace: &'a str,
-    ) -> Result<Self, PlanError> {
+    pub fn new(spec: &TracingPolicySpec, operator_namespace: &str) -> Result<Self, PlanError> {
         let sel = &spec.selector;
         let namespaces = sel
             .namespaces
@@ -127,8 +100,8 @@ impl<'a> Selection<'a> {
             .map(|s| LabelMatcher::compile("workloads", s))
             .transpose()?;
         Ok(Selection {
-            operator_namespace,
-            exclude: sel,
+            operator_namespace: operator_namespace.to_string(),
+            exclude: sel.clone(),
             namespaces,
             workloads,
             // The schema requires at least one kind; an empty list only comes from
@@ -180,11 +153,22 @@ impl<'a> Selection<'a> {
     /// `metadata.labels` match `selector.workloads` (absent: every workload).
     pub fn selects_workload(
         &self,
-        workload: &WorkloadView,
+        workload: &Workload,
         selected_namespaces: &BTreeSet<&str>,
     ) -> bool {
         self.kinds.contains(&workload.id.kind)
-            && selected_namespaces.contains(workload.id.namespace.as_str())
+            && selected_namespaces.contains(&*workload.id.namespace)
+            && self
+                .workloads
+                .as_ref()
+                .is_none_or(|m| m.matches(&workload.labels))
+    }
+
+    /// [`Selection::selects_workload`] for one workload whose namespace is given
+    /// directly (`None`: not known, so not selected): what routing an event needs.
+    pub fn selects(&self, namespace: Option<&NamespaceView>, workload: &Workload) -> bool {
+        namespace.is_some_and(|ns| ns.name == *workload.id.namespace && self.selects_namespace(ns))
+            && self.kinds.contains(&workload.id.kind)
             && self
                 .workloads
                 .as_ref()
@@ -196,14 +180,14 @@ impl<'a> Selection<'a> {
     /// except the known sidecar proxies.
     pub fn containers<'w>(
         &self,
-        workload: &'w WorkloadView,
-    ) -> impl Iterator<Item = &'w ContainerView> + use<'w, 'a> {
+        workload: &'w Workload,
+    ) -> impl Iterator<Item = &'w Container> + use<'w, '_> {
         let only = &self.exclude.containers;
-        workload.containers.iter().filter(move |c| {
+        workload.template.containers.iter().filter(move |c| {
             if only.is_empty() {
-                !KNOWN_PROXY_CONTAINERS.contains(&c.name.as_str())
+                !KNOWN_PROXY_CONTAINERS.contains(&&*c.name)
             } else {
-                only.iter().any(|n| n.as_str() == c.name)
+                only.iter().any(|n| n.as_str() == &*c.name)
             }
         })
     }

@@ -1,13 +1,16 @@
 //! Value tests of the planning core: policies, namespaces and workloads in,
 //! decisions and env out. The CAAS platform of the contract is the fixture.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::ops::Deref;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use serde_json::{Value, json};
 
+use super::injection::{container_env, is_applied, is_clean, stored_digest};
 use super::*;
 use crate::api::{CONFIG_HASH_ANNOTATION, POLICY_ANNOTATION, WorkloadKind};
+use crate::workload::{EnvEntry, EnvOwner, RolloutState, Template, env_digest};
 
 const OPERATOR_NS: &str = "tracing-system";
 
@@ -27,9 +30,12 @@ fn policy_with(name: &str, created_unix: i64, spec: Value) -> PolicyView {
     if let (Some(b), Some(s)) = (base.as_object_mut(), spec.as_object()) {
         b.extend(s.clone());
     }
+    let mut spec: TracingPolicySpec = serde_json::from_value(base).unwrap();
+    // These tests read versions from the pod-template env the operator writes.
+    spec.service.version_from_image_tag = true;
     PolicyView {
         name: name.into(),
-        spec: serde_json::from_value(base).unwrap(),
+        spec,
         created_unix,
         deleting: false,
     }
@@ -87,35 +93,51 @@ fn caas_namespaces() -> BTreeMap<String, NamespaceView> {
     ])
 }
 
-fn container(name: &str, image: &str) -> ContainerView {
-    ContainerView {
+fn container(name: &str, image: &str) -> Container {
+    Container {
         name: name.into(),
         image: Some(image.into()),
         env: Vec::new(),
-        operator_owned_env: BTreeSet::new(),
+        java_agent: false,
     }
 }
 
-fn workload(
-    ns: &str,
-    kind: WorkloadKind,
-    name: &str,
-    containers: Vec<ContainerView>,
-) -> WorkloadView {
-    WorkloadView {
-        id: WorkloadId {
-            namespace: ns.into(),
-            kind,
-            name: name.into(),
-        },
+/// An env entry the user's manifest sets.
+fn user_env(c: &mut Container, name: &str, value: &str) {
+    c.env.push(EnvEntry {
+        name: name.into(),
+        digest: env_digest(name, Some(value), None),
+        value_from: false,
+        owner: EnvOwner::User,
+    });
+}
+
+/// An env entry the operator's earlier apply set.
+fn operator_env(c: &mut Container, e: &EnvVar) {
+    c.env.retain(|x| *x.name != e.name);
+    c.env.push(EnvEntry {
+        name: e.name.as_str().into(),
+        digest: stored_digest(e),
+        value_from: e.value_from.is_some(),
+        owner: EnvOwner::Operator,
+    });
+}
+
+fn workload(ns: &str, kind: WorkloadKind, name: &str, containers: Vec<Container>) -> Workload {
+    Workload {
+        id: WorkloadId::new(ns, kind, name),
         labels: map(&[("app.kubernetes.io/part-of", "caas")]),
-        template_labels: map(&[("app.kubernetes.io/name", name)]),
-        containers,
-        ..WorkloadView::default()
+        annotations: BTreeMap::new(),
+        template: Template {
+            labels: map(&[("app.kubernetes.io/name", name)]),
+            containers,
+            ..Template::default()
+        },
+        rollout: RolloutState::default(),
     }
 }
 
-fn gateway() -> WorkloadView {
+fn gateway() -> Workload {
     workload(
         "caas-gateway",
         WorkloadKind::Deployment,
@@ -131,7 +153,7 @@ fn gateway() -> WorkloadView {
     )
 }
 
-fn auth() -> WorkloadView {
+fn auth() -> Workload {
     workload(
         "caas-auth",
         WorkloadKind::Deployment,
@@ -140,7 +162,7 @@ fn auth() -> WorkloadView {
     )
 }
 
-fn socket() -> WorkloadView {
+fn socket() -> Workload {
     workload(
         "caas-socket",
         WorkloadKind::StatefulSet,
@@ -149,7 +171,7 @@ fn socket() -> WorkloadView {
     )
 }
 
-fn legacy() -> WorkloadView {
+fn legacy() -> Workload {
     workload(
         "legacy",
         WorkloadKind::Deployment,
@@ -158,23 +180,42 @@ fn legacy() -> WorkloadView {
     )
 }
 
-fn plan_of(policy: &PolicyView, workloads: &[WorkloadView], policies: &[PolicyView]) -> PolicyPlan {
+/// A policy's plan with the workloads it was made from, so that each
+/// container's env can be materialized (pod-template injection).
+struct TestPlan {
+    plan: PolicyPlan,
+    live: Vec<Workload>,
+}
+
+impl Deref for TestPlan {
+    type Target = PolicyPlan;
+    fn deref(&self) -> &PolicyPlan {
+        &self.plan
+    }
+}
+
+fn plan_of(policy: &PolicyView, workloads: &[Workload], policies: &[PolicyView]) -> TestPlan {
     plan_ns(policy, &caas_namespaces(), workloads, policies)
 }
 
 fn plan_ns(
     policy: &PolicyView,
     namespaces: &BTreeMap<String, NamespaceView>,
-    workloads: &[WorkloadView],
+    workloads: &[Workload],
     policies: &[PolicyView],
-) -> PolicyPlan {
+) -> TestPlan {
+    let shared: Vec<Arc<Workload>> = workloads.iter().cloned().map(Arc::new).collect();
     let snapshot = Snapshot {
         operator_namespace: OPERATOR_NS,
         namespaces,
-        workloads,
+        workloads: &shared,
         policies,
+        injection: Injection::PodTemplate,
     };
-    plan_policy(policy, &snapshot).unwrap()
+    TestPlan {
+        plan: plan_policy(policy, &snapshot).unwrap(),
+        live: workloads.to_vec(),
+    }
 }
 
 /// `NAME=value`, or `NAME<-fieldPath` for a downward-API entry.
@@ -193,17 +234,67 @@ fn render(env: &[EnvVar]) -> Vec<String> {
         .collect()
 }
 
-fn applied<'p>(plan: &'p PolicyPlan, name: &str) -> &'p WorkloadPlan {
-    plan.workloads
-        .iter()
-        .find_map(|d| match &d.action {
-            WorkloadAction::Apply(p) if d.id.name == name => Some(p),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no Apply for {name} in {:#?}", plan.workloads))
+/// One instrumented container: what the operator writes into it.
+#[derive(Clone, Debug)]
+struct ContainerEnv {
+    name: String,
+    env: Vec<EnvVar>,
+    user_overrides: Vec<String>,
 }
 
-fn var<'c>(c: &'c ContainerPlan, name: &str) -> Option<&'c str> {
+/// A workload's plan, with each container's env materialized.
+#[derive(Clone, Debug)]
+struct Applied {
+    plan: WorkloadPlan,
+    live: Workload,
+    service_name: String,
+    config_hash: String,
+    containers: Vec<ContainerEnv>,
+}
+
+fn applied(plan: &TestPlan, name: &str) -> Applied {
+    let (id, wp) = plan
+        .plan
+        .workloads
+        .iter()
+        .find_map(|d| match &d.action {
+            WorkloadAction::Apply(p) if &*d.id.name == name => Some((&d.id, p)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Apply for {name} in {:#?}", plan.plan.workloads));
+    let live = plan
+        .live
+        .iter()
+        .find(|w| &w.id == id)
+        .expect("the workload planned")
+        .clone();
+    let containers = wp
+        .containers
+        .iter()
+        .map(|c| {
+            let container = live
+                .template
+                .containers
+                .iter()
+                .find(|x| *x.name == c.name)
+                .expect("planned container exists");
+            ContainerEnv {
+                name: c.name.clone(),
+                env: container_env(wp, container),
+                user_overrides: c.user_overrides.clone(),
+            }
+        })
+        .collect();
+    Applied {
+        service_name: wp.service_name.clone(),
+        config_hash: wp.config_hash.clone(),
+        plan: wp.clone(),
+        live,
+        containers,
+    }
+}
+
+fn var<'c>(c: &'c ContainerEnv, name: &str) -> Option<&'c str> {
     c.env
         .iter()
         .find(|e| e.name == name)
@@ -220,7 +311,7 @@ fn actions(plan: &PolicyPlan) -> Vec<(String, String)> {
                 WorkloadAction::Remove => "Remove".to_string(),
                 WorkloadAction::Conflicted { winner } => format!("Conflicted({winner})"),
             };
-            (d.id.name.clone(), action)
+            (d.id.name.to_string(), action)
         })
         .collect()
 }
@@ -247,9 +338,9 @@ fn two_app_containers_and_an_istio_proxy_get_the_contracts_table() {
     let attributes = |container: &str, version: &str| {
         format!(
             "{version}deployment.environment.name=production,service.namespace=caas-gateway,\
-             k8s.namespace.name=caas-gateway,k8s.deployment.name=gateway,k8s.container.name={container},\
+             k8s.namespace.name=caas-gateway,k8s.deployment.name=gateway,\
              k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),\
-             team=platform,tenant.id=caas"
+             team=platform,tenant.id=caas,k8s.container.name={container}"
         )
     };
     let expected = |container: &str, version: &str| {
@@ -317,13 +408,10 @@ fn service_version_from_image_references() {
             "app",
             vec![container("app", image)],
         );
-        w.template_labels.clear();
+        w.template.labels.clear();
         let plan = plan_of(&p, &[w.clone()], std::slice::from_ref(&p));
-        let attrs = var(
-            &applied(&plan, "app").containers[0],
-            "OTEL_RESOURCE_ATTRIBUTES",
-        )
-        .unwrap_or_default();
+        let a = applied(&plan, "app");
+        let attrs = var(&a.containers[0], "OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
         let want = version.map_or("service.namespace=".to_string(), |v| {
             format!("service.version={v},service.namespace=")
         });
@@ -333,11 +421,8 @@ fn service_version_from_image_references() {
         w.labels
             .insert("app.kubernetes.io/version".into(), "9.9.9".into());
         let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
-        let attrs = var(
-            &applied(&plan, "app").containers[0],
-            "OTEL_RESOURCE_ATTRIBUTES",
-        )
-        .unwrap_or_default();
+        let a = applied(&plan, "app");
+        let attrs = var(&a.containers[0], "OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
         assert!(
             attrs.starts_with("service.version=9.9.9,service.namespace="),
             "{image}: {attrs}"
@@ -348,7 +433,7 @@ fn service_version_from_image_references() {
 #[test]
 fn service_name_precedence() {
     let p = policy_with("p", 1, json!({}));
-    type Setup = fn(&mut WorkloadView);
+    type Setup = fn(&mut Workload);
     let cases: [(&str, Setup, &str); 6] = [
         ("workload name", |_| {}, "orders"),
         (
@@ -364,7 +449,8 @@ fn service_name_precedence() {
             |w| {
                 w.labels
                     .insert("app.kubernetes.io/name".into(), "wl-label".into());
-                w.template_labels
+                w.template
+                    .labels
                     .insert("app.kubernetes.io/name".into(), "tpl-label".into());
             },
             "tpl-label",
@@ -372,7 +458,8 @@ fn service_name_precedence() {
         (
             "workload annotation over labels",
             |w| {
-                w.template_labels
+                w.template
+                    .labels
                     .insert("app.kubernetes.io/name".into(), "tpl-label".into());
                 w.annotations.insert(
                     "resource.opentelemetry.io/service.name".into(),
@@ -388,7 +475,7 @@ fn service_name_precedence() {
                     "resource.opentelemetry.io/service.name".into(),
                     "wl-ann".into(),
                 );
-                w.template_annotations.insert(
+                w.template.annotations.insert(
                     "resource.opentelemetry.io/service.name".into(),
                     "tpl-ann".into(),
                 );
@@ -398,11 +485,12 @@ fn service_name_precedence() {
         (
             "empty values are absent",
             |w| {
-                w.template_annotations.insert(
+                w.template.annotations.insert(
                     "resource.opentelemetry.io/service.name".into(),
                     String::new(),
                 );
-                w.template_labels
+                w.template
+                    .labels
                     .insert("app.kubernetes.io/name".into(), String::new());
             },
             "orders",
@@ -415,7 +503,7 @@ fn service_name_precedence() {
             "orders",
             vec![container("a", "a:1"), container("b", "b:2")],
         );
-        w.template_labels.clear();
+        w.template.labels.clear();
         setup(&mut w);
         let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
         let wp = applied(&plan, "orders");
@@ -431,26 +519,23 @@ fn service_name_precedence() {
 fn a_variable_the_manifest_sets_wins_and_is_reported() {
     let p = caas_production();
     let mut w = gateway();
-    let app = &mut w.containers[0];
+    let app = &mut w.template.containers[0];
     for (name, value) in [
         ("NODE_ENV", "production"),
         ("OTEL_SERVICE_NAME", "edge-gateway"),
         ("SERVICE_NAME", "edge"),
     ] {
-        app.env.push(EnvVar {
-            name: name.into(),
-            value: Some(value.into()),
-            value_from: None,
-        });
+        user_env(app, name, value);
     }
     // The operator's own earlier value is the operator's to update.
-    let worker = &mut w.containers[1];
-    worker.env.push(EnvVar {
-        name: "OTEL_SERVICE_NAME".into(),
-        value: Some("old".into()),
-        value_from: None,
-    });
-    worker.operator_owned_env.insert("OTEL_SERVICE_NAME".into());
+    operator_env(
+        &mut w.template.containers[1],
+        &EnvVar {
+            name: "OTEL_SERVICE_NAME".into(),
+            value: Some("old".into()),
+            value_from: None,
+        },
+    );
 
     let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
     let wp = applied(&plan, "gateway");
@@ -472,11 +557,11 @@ fn a_variable_the_manifest_sets_wins_and_is_reported() {
 fn a_user_resource_attributes_variable_drops_the_helpers_too() {
     let p = caas_production();
     let mut w = gateway();
-    w.containers[0].env.push(EnvVar {
-        name: "OTEL_RESOURCE_ATTRIBUTES".into(),
-        value: Some("team=edge".into()),
-        value_from: None,
-    });
+    user_env(
+        &mut w.template.containers[0],
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "team=edge",
+    );
     let plan = plan_of(&p, &[w], std::slice::from_ref(&p));
     let app = &applied(&plan, "gateway").containers[0];
     assert_eq!(app.user_overrides, ["OTEL_RESOURCE_ATTRIBUTES"]);
@@ -496,11 +581,11 @@ fn helper_variables_precede_every_reference() {
     let workloads = [gateway(), auth(), socket()];
     let plan = plan_of(&p, &workloads, std::slice::from_ref(&p));
     let mut checked = 0;
-    for d in &plan.workloads {
-        let WorkloadAction::Apply(wp) = &d.action else {
+    for d in &plan.plan.workloads {
+        let WorkloadAction::Apply(_) = &d.action else {
             continue;
         };
-        for c in &wp.containers {
+        for c in &applied(&plan, &d.id.name).containers {
             let pos = |n: &str| c.env.iter().position(|e| e.name == n);
             let attrs = pos("OTEL_RESOURCE_ATTRIBUTES").unwrap();
             assert!(pos("OTEL_RESOURCE_ATTRIBUTES_POD_NAME").unwrap() < attrs);
@@ -577,7 +662,7 @@ fn a_namespace_without_the_label_adds_no_attribute() {
         .to_string()
     };
     assert!(
-        attrs("gateway").ends_with(",tenant.id=caas"),
+        attrs("gateway").ends_with(",tenant.id=caas,k8s.container.name=app"),
         "{}",
         attrs("gateway")
     );
@@ -588,7 +673,9 @@ fn a_namespace_without_the_label_adds_no_attribute() {
             attrs(name)
         );
         assert!(
-            attrs(name).ends_with("k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME)"),
+            attrs(name).contains(
+                "k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),k8s.container.name="
+            ),
             "{}",
             attrs(name)
         );
@@ -624,9 +711,10 @@ fn duplicate_attribute_keys_and_percent_encoding() {
         var(app, "OTEL_RESOURCE_ATTRIBUTES"),
         Some(
             "service.version=2.4.1,deployment.environment.name=staging,service.namespace=caas-gateway,\
-             k8s.namespace.name=caas-gateway,k8s.deployment.name=gateway,k8s.container.name=app,\
+             k8s.namespace.name=caas-gateway,k8s.deployment.name=gateway,\
              k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),\
-             k8s.cluster.name=prod-eu,owner=Team%20A%2C%20Z%C3%BCrich%3B%20%22ops%22%5C100%25%3Dok,tenant.id=from-policy"
+             k8s.cluster.name=prod-eu,owner=Team%20A%2C%20Z%C3%BCrich%3B%20%22ops%22%5C100%25%3Dok,tenant.id=from-policy,\
+             k8s.container.name=app"
         )
     );
     // Without a tag the namespace label fills service.version.
@@ -670,7 +758,7 @@ fn dollar_signs_from_user_data_are_never_expanded() {
         }),
     );
     let mut w = gateway();
-    w.template_annotations.insert(
+    w.template.annotations.insert(
         "resource.opentelemetry.io/service.name".into(),
         "gw$(X)".into(),
     );
@@ -680,7 +768,7 @@ fn dollar_signs_from_user_data_are_never_expanded() {
     assert!(
         var(app, "OTEL_RESOURCE_ATTRIBUTES")
             .unwrap_or_default()
-            .ends_with(",note=%24(SECRET)")
+            .ends_with(",note=%24(SECRET),k8s.container.name=app")
     );
     assert_eq!(var(app, "SVC"), Some("$(HOSTNAME)/gw$$(X)"));
 }
@@ -751,9 +839,10 @@ fn kinds_and_container_names_narrow_the_selection() {
         json!({"selector": {"kinds": ["StatefulSet"], "containers": ["socket", "istio-proxy"]}}),
     );
     let mut s = socket();
-    s.containers
+    s.template
+        .containers
         .push(container("istio-proxy", "istio/proxyv2:1.24.0"));
-    s.containers.push(container("sidecar", "log:1"));
+    s.template.containers.push(container("sidecar", "log:1"));
     let plan = plan_of(&p, &[gateway(), s], std::slice::from_ref(&p));
     assert_eq!(actions(&plan), pairs(&[("socket", "Apply")]));
     let wp = applied(&plan, "socket");
@@ -765,7 +854,8 @@ fn kinds_and_container_names_narrow_the_selection() {
     );
     let attrs = var(&wp.containers[0], "OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
     assert!(
-        attrs.contains(",k8s.statefulset.name=socket,k8s.container.name=socket,"),
+        attrs.contains(",k8s.statefulset.name=socket,")
+            && attrs.ends_with(",k8s.container.name=socket"),
         "{attrs}"
     );
     assert!(
@@ -890,7 +980,7 @@ fn a_deleting_policy_loses_everything_and_removes_what_it_wrote() {
 #[test]
 fn remove_when_a_workload_leaves_the_selection_and_handover_between_policies() {
     let p = caas_production();
-    let mark = |mut w: WorkloadView, policy: &str| {
+    let mark = |mut w: Workload, policy: &str| {
         w.annotations
             .insert(POLICY_ANNOTATION.into(), policy.into());
         w.annotations
@@ -1004,6 +1094,7 @@ fn an_invalid_selector_is_an_error_naming_the_field() {
             namespaces: &namespaces,
             workloads: &[],
             policies: std::slice::from_ref(&p),
+            injection: Injection::PodTemplate,
         };
         let err = plan_policy(&p, &snapshot).unwrap_err();
         assert_eq!(err.to_string(), message);
@@ -1020,110 +1111,120 @@ fn an_invalid_selector_is_an_error_naming_the_field() {
     assert_eq!(actions(&plan), pairs(&[("auth", "Apply")]));
 }
 
-/// The live workload as the API server stores it after applying `wp`: empty
-/// values dropped, every planned entry owned by the operator.
-fn live_after_apply(mut w: WorkloadView, policy: &str, wp: &WorkloadPlan) -> WorkloadView {
+/// The live workload as the API server stores it after applying `a`'s plan
+/// (pod-template injection): every planned entry owned by the operator.
+fn live_after_apply(a: &Applied, policy: &str) -> Workload {
+    let mut w = a.live.clone();
     w.annotations
         .insert(POLICY_ANNOTATION.into(), policy.into());
     w.annotations
-        .insert(CONFIG_HASH_ANNOTATION.into(), wp.config_hash.clone());
-    for planned in &wp.containers {
+        .insert(CONFIG_HASH_ANNOTATION.into(), a.config_hash.clone());
+    for planned in &a.containers {
         let c = w
+            .template
             .containers
             .iter_mut()
-            .find(|c| c.name == planned.name)
+            .find(|c| *c.name == planned.name)
             .unwrap();
         for e in &planned.env {
-            let mut stored = e.clone();
-            stored.value = stored.value.filter(|v| !v.is_empty());
-            c.env.retain(|x| x.name != e.name);
-            c.env.push(stored);
-            c.operator_owned_env.insert(e.name.clone());
+            operator_env(c, e);
         }
     }
     w
+}
+
+fn entry_mut<'w>(w: &'w mut Workload, container: usize, name: &str) -> &'w mut EnvEntry {
+    w.template.containers[container]
+        .env
+        .iter_mut()
+        .find(|e| &*e.name == name)
+        .expect("entry present")
 }
 
 #[test]
 fn is_applied_is_exact() {
     let p = caas_production();
     let mut gw = gateway();
-    gw.containers[0].env.push(EnvVar {
-        name: "NODE_ENV".into(),
-        value: Some("production".into()),
-        value_from: None,
-    });
+    user_env(&mut gw.template.containers[0], "NODE_ENV", "production");
     let plan = plan_of(&p, &[gw.clone()], std::slice::from_ref(&p));
-    let wp = applied(&plan, "gateway");
-    let live = live_after_apply(gw.clone(), "caas-production", wp);
+    let a = applied(&plan, "gateway");
+    let wp = &a.plan;
+    let live = live_after_apply(&a, "caas-production");
+    let mode = Injection::PodTemplate;
     assert!(
-        is_applied("caas-production", wp, &live),
+        is_applied(mode, "caas-production", wp, &live),
         "converged, with the user's NODE_ENV ignored"
     );
+    assert!(!is_applied(
+        Injection::Admission,
+        "caas-production",
+        wp,
+        &live
+    ));
     assert!(!is_clean(&live));
 
-    type Edit = fn(&mut WorkloadView);
-    let cases: [(&str, Edit, bool); 10] = [
+    type Edit = fn(&mut Workload);
+    let cases: [(&str, Edit, bool); 11] = [
         ("unchanged", |_| {}, true),
         (
             "the user adds a variable of their own",
-            |w| {
-                w.containers[2].env.push(EnvVar {
-                    name: "ISTIO_META".into(),
-                    value: Some("x".into()),
-                    value_from: None,
-                });
-            },
+            |w| user_env(&mut w.template.containers[2], "ISTIO_META", "x"),
             true,
         ),
         (
             "the API server left fieldRef.apiVersion empty",
             |w| {
-                let e = &mut w.containers[0].env[0];
-                if let Some(f) = e.value_from.as_mut().and_then(|v| v.field_ref.as_mut()) {
-                    f.api_version = None;
-                }
+                let e = entry_mut(w, 0, "OTEL_RESOURCE_ATTRIBUTES_POD_NAME");
+                e.digest = env_digest(
+                    "OTEL_RESOURCE_ATTRIBUTES_POD_NAME",
+                    None,
+                    Some(&json!({"fieldRef": {"fieldPath": "metadata.name"}})),
+                );
             },
             true,
         ),
         (
             "a value changed",
             |w| {
-                if let Some(e) = w.containers[0]
-                    .env
-                    .iter_mut()
-                    .find(|e| e.name == "OTEL_TRACES_SAMPLER_ARG")
-                {
-                    e.value = Some("0.5".into());
-                }
+                entry_mut(w, 0, "OTEL_TRACES_SAMPLER_ARG").digest =
+                    env_digest("OTEL_TRACES_SAMPLER_ARG", Some("0.5"), None);
             },
             false,
         ),
         (
             "an entry deleted by hand",
             |w| {
-                w.containers[1].env.retain(|e| e.name != "OTEL_PROPAGATORS");
+                w.template.containers[1]
+                    .env
+                    .retain(|e| &*e.name != "OTEL_PROPAGATORS");
             },
             false,
         ),
         (
             "an extra stale owned entry",
             |w| {
-                w.containers[0].env.push(EnvVar {
-                    name: "OLD_VAR".into(),
-                    value: Some("x".into()),
-                    value_from: None,
-                });
-                w.containers[0].operator_owned_env.insert("OLD_VAR".into());
+                operator_env(
+                    &mut w.template.containers[0],
+                    &EnvVar {
+                        name: "OLD_VAR".into(),
+                        value: Some("x".into()),
+                        value_from: None,
+                    },
+                )
             },
             false,
         ),
         (
             "a stale owned entry in a container no longer instrumented",
             |w| {
-                w.containers[2]
-                    .operator_owned_env
-                    .insert("OTEL_SERVICE_NAME".into());
+                operator_env(
+                    &mut w.template.containers[2],
+                    &EnvVar {
+                        name: "OTEL_SERVICE_NAME".into(),
+                        value: Some("gateway".into()),
+                        value_from: None,
+                    },
+                )
             },
             false,
         ),
@@ -1144,21 +1245,26 @@ fn is_applied_is_exact() {
             false,
         ),
         (
-            "planned entry present but not owned by the operator",
-            |w| {
-                w.containers[0]
-                    .operator_owned_env
-                    .remove("OTEL_TRACES_EXPORTER");
-            },
+            // kubectl set env took the value over: the operator no longer owns it.
+            "planned entry present but its value owned by someone else",
+            |w| entry_mut(w, 0, "OTEL_TRACES_EXPORTER").owner = EnvOwner::User,
+            false,
+        ),
+        (
+            "an admission annotation left behind",
+            |w| w.template.ours = 42,
             false,
         ),
     ];
     for (what, edit, want) in cases {
         let mut l = live.clone();
         edit(&mut l);
-        assert_eq!(is_applied("caas-production", wp, &l), want, "{what}");
+        assert_eq!(is_applied(mode, "caas-production", wp, &l), want, "{what}");
     }
-    assert!(!is_applied("caas-production", wp, &gw), "never applied");
+    assert!(
+        !is_applied(mode, "caas-production", wp, &gw),
+        "never applied"
+    );
 
     // After a removal the workload is clean, user entries notwithstanding.
     assert!(is_clean(&gw));
@@ -1184,36 +1290,64 @@ fn config_hash_is_stable_and_covers_policy_and_values() {
     .clone();
     assert_eq!(first.config_hash, again.config_hash);
     // Pinned: the same plan hashes the same in every process and release.
+    let plan = &first.plan;
     assert_eq!(
         first.config_hash,
-        env::config_hash("caas-production", &first.containers)
+        env::config_hash(
+            "caas-production",
+            &plan.vars,
+            &plan.containers,
+            &plan.version
+        )
     );
-    assert_eq!(env::config_hash("p", &[]), PINNED_EMPTY_HASH);
-    let small = [ContainerPlan {
+    assert_eq!(
+        env::config_hash("p", &[], &[], &VersionPlan::default()),
+        PINNED_EMPTY_HASH
+    );
+    let small_vars = [
+        PlannedVar {
+            name: "A".into(),
+            value: PlannedValue::Literal("1".into()),
+        },
+        PlannedVar {
+            name: "B".into(),
+            value: PlannedValue::Field("metadata.name"),
+        },
+    ];
+    let small_containers = [ContainerPlan {
         name: "app".into(),
-        env: vec![
-            EnvVar {
-                name: "A".into(),
-                value: Some("1".into()),
-                value_from: None,
-            },
-            EnvVar {
-                name: "B".into(),
-                value: None,
-                value_from: first.containers[0].env[0].value_from.clone(),
-            },
-        ],
-        user_overrides: vec!["IGNORED".into()],
+        user_overrides: vec!["B".into()],
     }];
-    assert_eq!(env::config_hash("p", &small), PINNED_SMALL_HASH);
+    let version = VersionPlan::default();
+    assert_eq!(
+        env::config_hash("p", &small_vars, &small_containers, &version),
+        PINNED_SMALL_HASH
+    );
     // Moving a byte between name and value changes it (length-prefixed fields).
-    let mut shifted = small.clone();
-    shifted[0].env[0] = EnvVar {
+    let mut shifted = small_vars.clone();
+    shifted[0] = PlannedVar {
         name: "A1".into(),
-        value: Some(String::new()),
-        value_from: None,
+        value: PlannedValue::Literal(String::new()),
     };
-    assert_ne!(env::config_hash("p", &shifted), PINNED_SMALL_HASH);
+    assert_ne!(
+        env::config_hash("p", &shifted, &small_containers, &version),
+        PINNED_SMALL_HASH
+    );
+    // So does the kind of value, and the version plan.
+    let mut kind = small_vars.clone();
+    kind[0].value = PlannedValue::Attributes("1".into());
+    assert_ne!(
+        env::config_hash("p", &kind, &small_containers, &version),
+        PINNED_SMALL_HASH
+    );
+    let labelled = VersionPlan {
+        pod_label: true,
+        ..VersionPlan::default()
+    };
+    assert_ne!(
+        env::config_hash("p", &small_vars, &small_containers, &labelled),
+        PINNED_SMALL_HASH
+    );
 
     let mut renamed = p.clone();
     renamed.name = "caas-staging".into();
@@ -1235,14 +1369,10 @@ fn config_hash_is_stable_and_covers_policy_and_values() {
 
     // A user override changes what is applied, so the hash too.
     let mut gw = gateway();
-    gw.containers[0].env.push(EnvVar {
-        name: "SERVICE_NAME".into(),
-        value: Some("edge".into()),
-        value_from: None,
-    });
+    user_env(&mut gw.template.containers[0], "SERVICE_NAME", "edge");
     let other = applied(&plan_of(&p, &[gw], std::slice::from_ref(&p)), "gateway").clone();
     assert_ne!(first.config_hash, other.config_hash);
 }
 
-const PINNED_SMALL_HASH: &str = "955f0437fcb94fba";
-const PINNED_EMPTY_HASH: &str = "ed3ebbd198b2c4e4";
+const PINNED_SMALL_HASH: &str = "84727333f39437fc";
+const PINNED_EMPTY_HASH: &str = "5aabf8ecf4d341e2";

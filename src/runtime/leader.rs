@@ -379,5 +379,40 @@ impl Drop for LeaderElector {
     }
 }
 
+/// A cheap, cloneable handle: may this process still write as leader?
+#[derive(Clone)]
+pub struct Fence {
+    lost: Option<CancellationToken>,
+}
+
+/// This process may no longer write as leader.
+#[derive(Debug, thiserror::Error)]
+#[error("not the leader any more: {0}")]
+pub struct NotLeader(String);
+
+impl Fence {
+    /// A fence for a process without leader election: always passes.
+    pub fn unfenced() -> Fence {
+        Fence { lost: None }
+    }
+
+    /// Ok while this process holds the Lease.
+    pub fn check(&self) -> Result<(), NotLeader> {
+        match &self.lost {
+            Some(lost) if lost.is_cancelled() => Err(NotLeader("leadership lost".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl LeaderElector {
+    /// The fence the controller checks before each write burst.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            lost: Some(self.lost.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

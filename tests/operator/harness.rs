@@ -52,23 +52,29 @@ impl Operator {
             rt.block_on(async move {
                 let client = support::client().await;
                 install_crd(&client).await;
+                // Today's suite checks the env the operator writes into pod templates,
+                // so it runs the PodTemplate fallback; tests/admission.rs covers the default.
                 let settings = Settings {
                     operator_namespace: OPERATOR_NAMESPACE.into(),
+                    injection: controller::InjectionChoice::PodTemplate,
                     ..Settings::default()
                 };
                 let shutdown = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
-                controller::run(
+                let run = controller::run(
                     client,
                     settings,
                     m,
+                    tracing_operator::runtime::leader::Fence::unfenced(),
                     move || {
                         let _ = ready_tx.send(());
                     },
                     shutdown,
-                )
-                .await;
+                );
+                if let Err(error) = run.await {
+                    panic!("the operator stopped: {error}");
+                }
             });
         });
         ready_rx
@@ -401,6 +407,16 @@ pub fn rolled_out(d: &Deployment) -> bool {
             && s.available_replicas == Some(want)
             && s.replicas == Some(want)
     })
+}
+
+/// Replacing pods because of the operator: it carries the settings, its
+/// controller does not report it done, and the operator has not recorded its
+/// rollout as complete (that record bumps the generation, which rolls nothing).
+pub fn rolling_because_of_us(d: &Deployment) -> bool {
+    let annotation = |key: &str| d.metadata.annotations.as_ref().and_then(|a| a.get(key));
+    let recorded = annotation("tracing.caas.io/rolled-out").is_some()
+        && annotation("tracing.caas.io/rolled-out") == annotation("tracing.caas.io/config-hash");
+    traced(d) && !rolled_out(d) && !recorded
 }
 
 /// Every Deployment in `ns`.

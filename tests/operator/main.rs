@@ -67,8 +67,10 @@ async fn selected_workloads_get_the_planned_env_and_everything_is_removed_on_del
     apply_policy(
         &client,
         &policy(name, test, json!({
+            // Pod-template injection writes the image tag only when asked to.
             "service": {"environment": "production", "resourceAttributes": {"team": "platform"},
-                        "attributesFromNamespaceLabels": {"tenant.id": "tenant"}},
+                        "attributesFromNamespaceLabels": {"tenant.id": "tenant"},
+                        "versionFromImageTag": true},
             "sampling": {"ratio": 0.1, "services": [{"name": "nothing-matches", "ratio": 1.0}]},
             "env": [{"name": "SERVICE_NAME", "value": "{service.name}"}, {"name": "APP_VERSION", "value": "{service.version}"}]
         })),
@@ -174,21 +176,25 @@ async fn selected_workloads_get_the_planned_env_and_everything_is_removed_on_del
             .any(|o| o.variable == "SERVICE_NAME" && o.container == "gateway")
     );
 
-    // Events on the workload.
+    // One Event on the policy per batch of writes names the workloads it changed
+    // (an Event per workload would cost as many writes as the changes).
     let events = support::kubectl()
         .args([
             "get",
             "events",
-            "-n",
-            &traced,
+            "-A",
             "--field-selector",
-            "involvedObject.name=gateway",
+            &format!("involvedObject.name={name},reason=TracingApplied"),
             "-o",
-            "jsonpath={.items[*].reason}",
+            "jsonpath={.items[*].message}",
         ])
         .output()
         .expect("kubectl runs");
-    assert!(String::from_utf8_lossy(&events.stdout).contains("TracingApplied"));
+    let notes = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        notes.contains(&format!("Deployment {traced}/gateway")),
+        "TracingApplied names the workload: {notes}"
+    );
 
     // Deleting the policy removes exactly what it added.
     delete_policy(&client, name).await;

@@ -138,7 +138,7 @@ async fn invalid_policies_are_rejected_naming_the_field() {
         ),
         (
             "unknown kind",
-            with(&["selector", "kinds"], json!(["CronJob"])),
+            with(&["selector", "kinds"], json!(["Job"])),
             "spec.selector.kinds[0]",
         ),
         (

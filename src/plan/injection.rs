@@ -1,0 +1,449 @@
+//! How a [`WorkloadPlan`] reaches pods, and what the operator writes for it.
+//!
+//! # Admission injection (the default)
+//! The operator writes only pod-template annotations (as field manager
+//! `tracing-operator`); the MutatingAdmissionPolicy of
+//! [`mutating_admission_policy`] copies them into each new pod's containers:
+//!
+//! | annotation | value |
+//! |---|---|
+//! | `tracing.caas.io/inject` | the containers to instrument, comma-separated |
+//! | `tracing.caas.io/env` | the variable names, comma-separated, in order |
+//! | `env.tracing.caas.io/<NAME>` | each variable's value (not for the two downward-API helpers) |
+//! | `tracing.caas.io/version` | the workload's `app.kubernetes.io/version` when the template has none |
+//! | `tracing.caas.io/default-version` | the policy's `service.version` attribute, the last resort |
+//! | `tracing.caas.io/config-hash` | the plan's hash |
+//!
+//! Plain strings and comma lists, so CEL reads them with `split` and map
+//! look-ups, no JSON parser. Owning annotations never co-owns a container: a
+//! GitOps tool can remove or rename a container of an instrumented workload.
+//! At admission, each listed container gets, in the listed order, every variable
+//! it does not set itself (the two downward-API helpers come first, so the
+//! `$(VAR)` references after them resolve; they are left out when the container
+//! sets `OTEL_RESOURCE_ATTRIBUTES` itself); `OTEL_RESOURCE_ATTRIBUTES` gets
+//! `service.version=` (the pod's version label, else the workload's, else the
+//! container's image tag) before and `k8s.container.name=` after the planned
+//! attributes; `{service.version}` in an `env` template value becomes the version.
+//! Computing the version at admission is what lets an image bump roll a workload
+//! once, not twice.
+//!
+//! # Pod-template injection (API servers without MutatingAdmissionPolicy)
+//! The operator writes the variables into each container's `env` itself, with
+//! server-side apply. [`container_env`] materializes the plan per container; the
+//! version comes from a downward-API `fieldRef` on the pod's label, so an image
+//! bump needs no second rollout unless `service.versionFromImageTag` asks for the tag.
+//!
+//! In both modes the workload also carries `tracing.caas.io/policy` and
+//! `tracing.caas.io/config-hash` (and the rollout annotations, see
+//! [`super::rollout`]), and one apply states the operator's whole intent, so
+//! applying less removes exactly what it no longer wants.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+use serde_json::{Value, json};
+
+use super::env::{
+    NODE_NAME_VAR, POD_NAME_VAR, RESOURCE_ATTRIBUTES_VAR, VERSION_TOKEN, VERSION_VAR,
+};
+use super::{Container, Injection, PlannedValue, Workload, WorkloadId, WorkloadPlan};
+use crate::api::{
+    CONFIG_HASH_ANNOTATION, ENV_NAMES_ANNOTATION, ENV_VALUE_PREFIX, INJECT_ANNOTATION,
+    POLICY_ANNOTATION,
+};
+use crate::workload::{VERSION_LABEL, annotations_digest, env_digest};
+
+/// Pod-template annotation: the workload's version label when the template has none.
+pub const VERSION_ANNOTATION: &str = "tracing.caas.io/version";
+/// Pod-template annotation: the policy's `service.version` attribute.
+pub const DEFAULT_VERSION_ANNOTATION: &str = "tracing.caas.io/default-version";
+
+/// Name of the MutatingAdmissionPolicy and of its binding.
+pub const ADMISSION_POLICY_NAME: &str = "tracing-operator.tracing.caas.io";
+/// Annotation on the admission policy: the operator release that wrote it.
+pub const ADMISSION_POLICY_VERSION_ANNOTATION: &str = "tracing.caas.io/operator-version";
+
+/// The pod-template annotations that carry `plan` (admission injection).
+pub fn template_annotations(plan: &WorkloadPlan) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert(CONFIG_HASH_ANNOTATION.to_string(), plan.config_hash.clone());
+    let containers: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+    out.insert(INJECT_ANNOTATION.to_string(), containers.join(","));
+    let names: Vec<&str> = plan.vars.iter().map(|v| v.name.as_str()).collect();
+    out.insert(ENV_NAMES_ANNOTATION.to_string(), names.join(","));
+    for var in &plan.vars {
+        let value = match &var.value {
+            PlannedValue::Field(_) => continue,
+            PlannedValue::Literal(s) | PlannedValue::Attributes(s) | PlannedValue::Versioned(s) => {
+                s
+            }
+        };
+        out.insert(format!("{ENV_VALUE_PREFIX}{}", var.name), value.clone());
+    }
+    if let Some(v) = &plan.version.workload_label {
+        out.insert(VERSION_ANNOTATION.to_string(), v.clone());
+    }
+    if let Some(v) = &plan.version.fallback {
+        out.insert(DEFAULT_VERSION_ANNOTATION.to_string(), v.clone());
+    }
+    out
+}
+
+/// How a container's version is written into its env (pod-template injection).
+enum PodTemplateVersion {
+    /// `$(OTEL_RESOURCE_ATTRIBUTES_SERVICE_VERSION)`, a `fieldRef` on the pod's label.
+    FromLabel,
+    Literal(String),
+}
+
+/// The env entries one container gets from `plan` (pod-template injection): the
+/// planned variables it does not set itself, in order, materialized for it.
+pub fn container_env(plan: &WorkloadPlan, container: &Container) -> Vec<EnvVar> {
+    let Some(cp) = plan.containers.iter().find(|c| *c.name == *container.name) else {
+        return Vec::new();
+    };
+    let user = |name: &str| cp.user_overrides.iter().any(|o| o == name);
+    let helpers_unused = user(RESOURCE_ATTRIBUTES_VAR);
+    let version = if plan.version.pod_label {
+        Some(PodTemplateVersion::FromLabel)
+    } else {
+        plan.version
+            .workload_label
+            .clone()
+            .or_else(|| {
+                plan.version
+                    .image_tags
+                    .as_ref()
+                    .and_then(|t| t.get(&*container.name).cloned())
+            })
+            .or_else(|| plan.version.fallback.clone())
+            .map(PodTemplateVersion::Literal)
+    };
+    let version_text = match &version {
+        Some(PodTemplateVersion::FromLabel) => format!("$({VERSION_VAR})"),
+        Some(PodTemplateVersion::Literal(v)) => v.replace('$', "$$"),
+        None => String::new(),
+    };
+    let mut env = Vec::with_capacity(plan.vars.len() + 1);
+    let uses_version = plan.vars.iter().any(|v| {
+        !user(&v.name)
+            && matches!(
+                &v.value,
+                PlannedValue::Attributes(_) | PlannedValue::Versioned(_)
+            )
+    });
+    if matches!(version, Some(PodTemplateVersion::FromLabel)) && uses_version && !user(VERSION_VAR)
+    {
+        env.push(field_ref(
+            VERSION_VAR,
+            &format!("metadata.labels['{VERSION_LABEL}']"),
+        ));
+    }
+    for var in &plan.vars {
+        if user(&var.name) {
+            continue;
+        }
+        let value = match &var.value {
+            PlannedValue::Field(path) => {
+                if helpers_unused {
+                    continue;
+                }
+                env.push(field_ref(&var.name, path));
+                continue;
+            }
+            PlannedValue::Literal(s) => s.clone(),
+            PlannedValue::Attributes(base) => {
+                let mut attributes = String::new();
+                if !version_text.is_empty() {
+                    attributes.push_str(&format!("service.version={version_text},"));
+                }
+                attributes.push_str(base);
+                attributes.push_str(&format!(",k8s.container.name={}", container.name));
+                attributes
+            }
+            PlannedValue::Versioned(s) => s.replace(VERSION_TOKEN, &version_text),
+        };
+        env.push(EnvVar {
+            name: var.name.clone(),
+            value: Some(value),
+            value_from: None,
+        });
+    }
+    env
+}
+
+/// A downward-API entry. `apiVersion: v1` is what the API server defaults it to,
+/// so the planned entry equals the live one and a converged workload needs no write.
+fn field_ref(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_string()),
+                field_path: field_path.to_string(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The digest of a planned entry in the form the API server stores it (see
+/// [`env_digest`]), to compare with a live entry.
+pub fn stored_digest(e: &EnvVar) -> u64 {
+    let from = e
+        .value_from
+        .as_ref()
+        .and_then(|f| serde_json::to_value(f).ok());
+    env_digest(&e.name, e.value.as_deref(), from.as_ref())
+}
+
+/// The live workload carries exactly `plan` from `policy_name` in `injection`'s
+/// form: both workload annotations match, and
+/// - admission: the operator's pod-template annotations are exactly
+///   [`template_annotations`] and it owns no env entry (none left from
+///   pod-template injection);
+/// - pod template: every container carries exactly [`container_env`], owned by
+///   the operator and equal in its stored form, the operator owns no other
+///   entry, and no admission annotation of the operator's is left.
+///
+/// Entries the user owns are ignored. The controller writes nothing when this
+/// holds, so a converged cluster sees zero writes.
+pub fn is_applied(
+    injection: Injection,
+    policy_name: &str,
+    plan: &WorkloadPlan,
+    live: &Workload,
+) -> bool {
+    let annotation = |key: &str| live.annotations.get(key).map(String::as_str);
+    if annotation(POLICY_ANNOTATION) != Some(policy_name)
+        || annotation(CONFIG_HASH_ANNOTATION) != Some(plan.config_hash.as_str())
+    {
+        return false;
+    }
+    match injection {
+        Injection::Admission => {
+            let planned = template_annotations(plan);
+            live.template.ours
+                == annotations_digest(planned.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                && live
+                    .template
+                    .containers
+                    .iter()
+                    .all(|c| c.operator_env().next().is_none())
+        }
+        Injection::PodTemplate => {
+            live.template.ours == 0
+                && live.template.containers.iter().all(|c| {
+                    let want = container_env(plan, c);
+                    let owned = c.operator_env().count();
+                    owned == want.len()
+                        && want.iter().all(|w| {
+                            c.entry(&w.name).is_some_and(|have| {
+                                have.owner == crate::workload::EnvOwner::Operator
+                                    && have.digest == stored_digest(w)
+                            })
+                        })
+                })
+        }
+    }
+}
+
+/// No operator-owned env entry, no operator template annotation and neither
+/// operator workload annotation: nothing left to remove.
+pub fn is_clean(live: &Workload) -> bool {
+    live.template
+        .containers
+        .iter()
+        .all(|c| c.operator_env().next().is_none())
+        && live.template.ours == 0
+        && !live.annotations.contains_key(POLICY_ANNOTATION)
+        && !live.annotations.contains_key(CONFIG_HASH_ANNOTATION)
+}
+
+/// `{"spec": {"template": leaf}}` for a Deployment, the deeper path for a CronJob.
+fn at_template(id: &WorkloadId, leaf: Value) -> Value {
+    id.kind
+        .info()
+        .template_path()
+        .iter()
+        .rev()
+        .fold(leaf, |inner, step| json!({ *step: inner }))
+}
+
+fn head(id: &WorkloadId, annotations: Option<&BTreeMap<String, String>>) -> Value {
+    let mut metadata = json!({ "name": &*id.name, "namespace": &*id.namespace });
+    if let (Some(a), Some(m)) = (annotations, metadata.as_object_mut()) {
+        m.insert("annotations".into(), json!(a));
+    }
+    json!({
+        "apiVersion": id.kind.info().api_version(),
+        "kind": id.kind.as_str(),
+        "metadata": metadata,
+    })
+}
+
+/// The apply configuration carrying `plan` and the operator's workload
+/// annotations (policy, config hash, applied-at, ...; see `plan::rollout`).
+pub fn apply_body(
+    injection: Injection,
+    id: &WorkloadId,
+    plan: &WorkloadPlan,
+    live: Option<&Workload>,
+    annotations: &BTreeMap<String, String>,
+) -> Value {
+    let template = match injection {
+        Injection::Admission => {
+            json!({ "metadata": { "annotations": template_annotations(plan) } })
+        }
+        Injection::PodTemplate => {
+            let containers: Vec<Value> = live
+                .map(|w| w.template.containers.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter(|c| plan.containers.iter().any(|p| *p.name == *c.name))
+                .map(|c| json!({ "name": &*c.name, "env": container_env(plan, c) }))
+                .collect();
+            json!({ "spec": { "containers": containers } })
+        }
+    };
+    let mut body = head(id, Some(annotations));
+    if let (Some(b), Some(spec)) = (
+        body.as_object_mut(),
+        at_template(id, template).get("spec").cloned(),
+    ) {
+        b.insert("spec".into(), spec);
+    }
+    body
+}
+
+/// An apply configuration with the operator's workload annotations only, no
+/// template: server-side apply drops every env entry and template annotation the
+/// operator added, so the pod template returns to what it was before (the
+/// rollback), or keeps the operator's record without changing the template.
+pub fn annotations_body(id: &WorkloadId, annotations: &BTreeMap<String, String>) -> Value {
+    head(id, Some(annotations))
+}
+
+/// The empty apply configuration: the operator no longer wants any field of this workload.
+pub fn removal_body(id: &WorkloadId) -> Value {
+    head(id, None)
+}
+
+/// The operator's MutatingAdmissionPolicy: at pod CREATE, for pods that carry
+/// the operator's annotations only, it adds the planned variables to each
+/// listed container (see the module documentation). `failurePolicy: Ignore`:
+/// tracing never blocks a pod; the operator checks a pod of each rolled-out
+/// workload instead and reports `InjectionNotApplied`.
+pub fn mutating_admission_policy(operator_version: &str) -> Value {
+    // A JSON patch, not an apply configuration: `valueFrom.fieldRef` is an atomic
+    // struct, which an apply configuration may not set. `C` is the container at
+    // index `i`; per container: the names it sets itself, and its version.
+    let c = "object.spec.containers[i]";
+    let own = format!("(has({c}.env) ? {c}.env.map(e, e.name) : [])");
+    let reference = format!("(has({c}.image) ? {c}.image.split('@')[0] : '')");
+    let tag = format!(
+        "({reference}.lastIndexOf(':') > {reference}.lastIndexOf('/') ? {reference}.substring({reference}.lastIndexOf(':') + 1) : '')"
+    );
+    let version = format!(
+        "(variables.podVersion != '' ? variables.podVersion : ({tag} != '' ? {tag} : variables.defaultVersion))"
+    );
+    let value = format!(
+        "n == '{RESOURCE_ATTRIBUTES_VAR}' ? ({version} != '' ? 'service.version=' + {version} + ',' : '') + variables.ann['{ENV_VALUE_PREFIX}' + n] + ',k8s.container.name=' + {c}.name : variables.ann['{ENV_VALUE_PREFIX}' + n].replace('{VERSION_TOKEN}', {version})"
+    );
+    let field = |path: &str| {
+        format!(
+            "Object.spec.containers.env{{name: n, valueFrom: Object.spec.containers.env.valueFrom{{fieldRef: Object.spec.containers.env.valueFrom.fieldRef{{fieldPath: '{path}'}}}}}}"
+        )
+    };
+    let entry = format!(
+        "n == '{POD_NAME_VAR}' ? {} : (n == '{NODE_NAME_VAR}' ? {} : Object.spec.containers.env{{name: n, value: {value}}})",
+        field("metadata.name"),
+        field("spec.nodeName"),
+    );
+    let wanted = format!(
+        "!(n in {own}) && !((n == '{POD_NAME_VAR}' || n == '{NODE_NAME_VAR}') && '{RESOURCE_ATTRIBUTES_VAR}' in {own})"
+    );
+    let entries = format!("variables.names.filter(n, {wanted}).map(n, {entry})");
+    let path = "'/spec/containers/' + string(i) + '/env'";
+    // Appended one by one, in order, to an env list the container has; set whole where it has none.
+    let patches = format!(
+        "has({c}.env) ? {entries}.map(e, JSONPatch{{op: 'add', path: {path} + '/-', value: e}}) : (size({entries}) > 0 ? [JSONPatch{{op: 'add', path: {path}, value: {entries}}}] : [])"
+    );
+    let expression = format!(
+        "variables.targets.map(t, object.spec.containers.map(x, x.name).indexOf(t)).map(i, {patches}).flatten()"
+    );
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {
+            "name": ADMISSION_POLICY_NAME,
+            "labels": { crate::workload::MANAGED_BY_LABEL: crate::api::FIELD_MANAGER },
+            "annotations": { ADMISSION_POLICY_VERSION_ANNOTATION: operator_version },
+        },
+        "spec": {
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "operations": ["CREATE"],
+                    "resources": ["pods"],
+                }],
+            },
+            "matchConditions": [{
+                "name": "carries-a-tracing-plan",
+                "expression": format!(
+                    "has(object.metadata.annotations) && '{INJECT_ANNOTATION}' in object.metadata.annotations && '{ENV_NAMES_ANNOTATION}' in object.metadata.annotations"
+                ),
+            }],
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "variables": [
+                { "name": "ann", "expression": "object.metadata.annotations" },
+                { "name": "containers", "expression": format!("variables.ann['{INJECT_ANNOTATION}'].split(',')") },
+                { "name": "names", "expression": format!("variables.ann['{ENV_NAMES_ANNOTATION}'].split(',')") },
+                { "name": "targets", "expression": "object.spec.containers.map(c, c.name).filter(n, n in variables.containers)" },
+                { "name": "podVersion", "expression": format!(
+                    "has(object.metadata.labels) && '{VERSION_LABEL}' in object.metadata.labels ? object.metadata.labels['{VERSION_LABEL}'] : ('{VERSION_ANNOTATION}' in variables.ann ? variables.ann['{VERSION_ANNOTATION}'] : '')"
+                ) },
+                { "name": "defaultVersion", "expression": format!(
+                    "'{DEFAULT_VERSION_ANNOTATION}' in variables.ann ? variables.ann['{DEFAULT_VERSION_ANNOTATION}'] : ''"
+                ) },
+            ],
+            "mutations": [{
+                "patchType": "JSONPatch",
+                "jsonPatch": { "expression": expression },
+            }],
+        },
+    })
+}
+
+/// The binding that puts [`mutating_admission_policy`] in force in every
+/// namespace the operator may instrument (the system namespaces and its own are left out).
+pub fn mutating_admission_policy_binding(operator_namespace: &str) -> Value {
+    let mut excluded: Vec<&str> = crate::api::ALWAYS_EXCLUDED_NAMESPACES.to_vec();
+    excluded.push(operator_namespace);
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {
+            "name": ADMISSION_POLICY_NAME,
+            "labels": { crate::workload::MANAGED_BY_LABEL: crate::api::FIELD_MANAGER },
+        },
+        "spec": {
+            "policyName": ADMISSION_POLICY_NAME,
+            "matchResources": {
+                "namespaceSelector": {
+                    "matchExpressions": [{
+                        "key": "kubernetes.io/metadata.name",
+                        "operator": "NotIn",
+                        "values": excluded,
+                    }],
+                },
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;
