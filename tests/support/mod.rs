@@ -10,6 +10,7 @@
 pub mod apiserver;
 pub mod jaeger;
 pub mod process;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::future::Future;
