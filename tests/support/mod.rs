@@ -9,6 +9,7 @@
 
 pub mod apiserver;
 pub mod jaeger;
+pub mod pod;
 pub mod process;
 pub mod tools;
 
