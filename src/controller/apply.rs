@@ -86,6 +86,10 @@ async fn apply_unlabelled(
     body: &Value,
 ) -> Result<(), kube::Error> {
     ctx.limiter.until_ready().await;
+    ctx.settings
+        .fence
+        .check()
+        .map_err(|e| kube::Error::Service(Box::new(e)))?;
     ctx.metrics.api_write("patch", id.kind.as_str());
     let params = PatchParams::apply(FIELD_MANAGER);
     let patch = Patch::Apply(body);

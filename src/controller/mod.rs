@@ -62,6 +62,8 @@ pub struct Settings {
     pub burst: u32,
     /// Identity of this replica in Events.
     pub instance: Option<String>,
+    /// Checked before every write: fails once this process may no longer write as leader.
+    pub fence: crate::runtime::leader::Fence,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             qps: 20,
             burst: 40,
             instance: None,
+            fence: crate::runtime::leader::Fence::unfenced(),
         }
     }
 }
@@ -880,6 +883,10 @@ async fn write_status(
         return Ok(new);
     }
     ctx.limiter.until_ready().await;
+    ctx.settings.fence.check().map_err(|e| Error::StatusWrite {
+        policy: name.clone(),
+        source: kube::Error::Service(Box::new(e)),
+    })?;
     ctx.metrics.api_write("patch", "TracingPolicy");
     let api = Api::<TracingPolicy>::all(ctx.client.clone());
     let patch =
@@ -995,6 +1002,10 @@ async fn publish_event(
     };
     // Events are writes too: they share the client-side rate limit.
     ctx.limiter.until_ready().await;
+    if let Err(error) = ctx.settings.fence.check() {
+        warn!(object = ?reference.name, kind = ?reference.kind, %error, "event not published");
+        return;
+    }
     ctx.metrics.api_write("create", "Event");
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
         warn!(object = ?reference.name, kind = ?reference.kind, %error, "could not publish event");
