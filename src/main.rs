@@ -69,7 +69,8 @@ struct RunArgs {
     #[arg(long, env = "TRACING_OPERATOR_LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
     /// How long the Lease holds after each renewal (whole seconds, at least 3s): a
-    /// standby takes over at most this long after the leader dies.
+    /// standby takes over once it has seen no renewal for this long. The leader
+    /// stops writing two thirds of it after its last successful renewal started.
     #[arg(long, env = "TRACING_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
     lease_duration: Duration,
     /// Identity in the Lease and in Events; defaults to $POD_NAME or the host name.
@@ -181,7 +182,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         signal_shutdown.trigger();
     });
 
-    let lease = if args.leader_elect {
+    let (lease, fence) = if args.leader_elect {
         let elector = leader::LeaderElector::new(
             client.clone(),
             &args.namespace,
@@ -200,9 +201,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         info!(%identity, "became leader");
         // As leader, ready again once the caches have synced.
         readiness.set_not_ready();
-        Some(elector)
+        let fence = elector.fence();
+        (Some(elector), fence)
     } else {
-        None
+        (None, leader::Fence::unfenced())
     };
 
     let settings = Settings {
@@ -216,9 +218,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     let stop = shutdown.clone();
     let lost = lease.as_ref().map(|l| l.lost());
-    let fence = lease
-        .as_ref()
-        .map_or_else(leader::Fence::unfenced, |l| l.fence());
     let stopping = CancellationToken::new();
     let stop_requested = stopping.clone();
     let controller_shutdown = async move {

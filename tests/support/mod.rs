@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod audit;
 pub mod jaeger;
 pub mod pod;
 pub mod process;
