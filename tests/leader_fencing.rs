@@ -281,6 +281,8 @@ async fn a_frozen_leader_writes_nothing_after_the_new_leader_started() {
             "--namespace",
             &release,
             "--leader-elect",
+            // The test reads the ratio from the env written into pod templates.
+            "--injection=pod-template",
             "--kube-api-qps=1",
             "--kube-api-burst=1",
         ],
@@ -304,6 +306,7 @@ async fn a_frozen_leader_writes_nothing_after_the_new_leader_started() {
             "--namespace",
             &release,
             "--leader-elect",
+            "--injection=pod-template",
         ],
         &[],
     );
