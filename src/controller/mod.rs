@@ -62,6 +62,11 @@ pub struct Settings {
     pub burst: u32,
     /// Identity of this replica in Events.
     pub instance: Option<String>,
+    /// Where collectors may run, from which images, sending where. The default
+    /// here is [`plan::guard::CollectorGuard::unrestricted`], what tests and
+    /// embedders start from; `tracing-operator run` sets it from its flags, whose
+    /// defaults restrict ([`plan::guard::CollectorGuard::default`]).
+    pub collector_guard: plan::guard::CollectorGuard,
 }
 
 impl Default for Settings {
@@ -73,6 +78,7 @@ impl Default for Settings {
             qps: 20,
             burst: 40,
             instance: None,
+            collector_guard: plan::guard::CollectorGuard::unrestricted(),
         }
     }
 }
@@ -412,6 +418,23 @@ async fn reconcile_policy(policy: Arc<TracingPolicy>, ctx: Arc<Context>) -> Resu
             return Ok(Action::requeue(RESYNC));
         }
     };
+
+    // A policy outside the operator's collector settings gets no collector and
+    // touches no workload (plan::guard); it reports why, naming each field.
+    if let Some(problem) = collector::not_allowed(&policy.spec, &ctx.settings) {
+        let status = write_status(
+            &ctx,
+            &policy,
+            policy.status.as_ref(),
+            &plan,
+            &[],
+            &[problem],
+            None,
+        )
+        .await?;
+        announce(&ctx, &policy, policy.status.as_ref(), &status).await;
+        return Ok(Action::requeue(RESYNC));
+    }
 
     let mut problems = Vec::new();
     if plan.selected_namespaces.is_empty() {

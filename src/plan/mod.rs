@@ -13,6 +13,7 @@ use crate::api::{Placement, Protocol, TracingPolicySpec, WorkloadKind};
 
 pub mod collector;
 pub mod env;
+pub mod guard;
 pub mod precedence;
 pub mod rollout;
 pub mod selection;
