@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tracing_operator::controller::{self, Settings};
+use tracing_operator::plan;
 use tracing_operator::runtime::{leader, metrics::Metrics, server, telemetry};
 
 #[derive(Parser, Debug)]
@@ -81,6 +82,51 @@ struct RunArgs {
     /// workload's pod template), or `auto`: admission where the API server serves it.
     #[arg(long, env = "TRACING_OPERATOR_INJECTION", value_enum, default_value_t = controller::InjectionChoice::Auto)]
     injection: controller::InjectionChoice,
+    /// Namespaces where policies may run collectors, comma-separated, besides
+    /// --namespace (always allowed); `*` for any namespace. The collector reads
+    /// its Secrets in its own namespace, so this also bounds which Secrets a
+    /// policy can have it read.
+    #[arg(
+        long,
+        env = "TRACING_OPERATOR_ALLOWED_COLLECTOR_NAMESPACES",
+        value_delimiter = ',',
+        default_value = plan::guard::DEFAULT_ALLOWED_NAMESPACE
+    )]
+    allowed_collector_namespaces: Vec<String>,
+    /// Image repository prefixes a collector image must come from, comma-separated,
+    /// matched on whole path segments (`registry.example/otel` admits
+    /// `registry.example/otel/collector:1`, not `registry.example/otel-evil:1`).
+    #[arg(
+        long,
+        env = "TRACING_OPERATOR_ALLOWED_COLLECTOR_IMAGES",
+        value_delimiter = ',',
+        default_value = DEFAULT_COLLECTOR_REPOSITORY
+    )]
+    allowed_collector_images: Vec<String>,
+    /// Let backends point outside the cluster; without it every backend host must
+    /// be an in-cluster Service name (single label, `*.svc` or `*.svc.cluster.local`).
+    #[arg(
+        long,
+        env = "TRACING_OPERATOR_ALLOW_EXTERNAL_BACKENDS",
+        default_value_t = false
+    )]
+    allow_external_backends: bool,
+}
+
+/// The repository of the default collector image, the default of --allowed-collector-images.
+const DEFAULT_COLLECTOR_REPOSITORY: &str = "otel/opentelemetry-collector-contrib";
+
+impl RunArgs {
+    /// The collector settings from the three flags, or what is wrong with them.
+    fn collector_guard(&self) -> Result<plan::guard::CollectorGuard, String> {
+        Ok(plan::guard::CollectorGuard {
+            namespaces: plan::guard::parse_namespaces(&self.allowed_collector_namespaces)
+                .map_err(|e| format!("--allowed-collector-namespaces: {e}"))?,
+            image_prefixes: plan::guard::parse_image_prefixes(&self.allowed_collector_images)
+                .map_err(|e| format!("--allowed-collector-images: {e}"))?,
+            external_backends: self.allow_external_backends,
+        })
+    }
 }
 
 /// The Lease records whole seconds, and the leader renews every third of the
@@ -160,6 +206,7 @@ async fn client(args: &RunArgs) -> Result<kube::Client, String> {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
+    let collector_guard = args.collector_guard()?;
     let client = client(&args).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
@@ -215,6 +262,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         burst: args.kube_api_burst,
         instance: Some(identity),
         injection: args.injection,
+        collector_guard,
     };
     let stop = shutdown.clone();
     let lost = lease.as_ref().map(|l| l.lost());
@@ -334,5 +382,75 @@ mod tests {
             panic!("run parses as Run");
         };
         assert_eq!(args.lease_duration, Duration::from_secs(15));
+    }
+
+    fn run_args(argv: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["tracing-operator", "run"].iter().chain(argv))?;
+        let Command::Run(args) = cli.command else {
+            panic!("run parses as Run");
+        };
+        Ok(args)
+    }
+
+    #[test]
+    fn collector_settings_default_to_observability_the_pinned_repository_and_in_cluster() {
+        let guard = run_args(&[]).unwrap().collector_guard().unwrap();
+        assert_eq!(guard, plan::guard::CollectorGuard::default());
+        assert_eq!(
+            plan::guard::image_repository(
+                tracing_operator::plan::collector::DEFAULT_COLLECTOR_IMAGE
+            ),
+            DEFAULT_COLLECTOR_REPOSITORY,
+            "the default prefix is the default image's repository"
+        );
+    }
+
+    #[test]
+    fn collector_settings_come_from_the_flags() {
+        let guard = run_args(&[
+            "--allowed-collector-namespaces=observability,team-a",
+            "--allowed-collector-images=registry.corp.example/otel/,otel/opentelemetry-collector-contrib",
+            "--allow-external-backends",
+        ])
+        .unwrap()
+        .collector_guard()
+        .unwrap();
+        assert_eq!(
+            guard.namespaces,
+            plan::guard::Namespaces::List(vec!["observability".into(), "team-a".into()])
+        );
+        assert_eq!(
+            guard.image_prefixes,
+            [
+                "registry.corp.example/otel",
+                "otel/opentelemetry-collector-contrib"
+            ]
+        );
+        assert!(guard.external_backends);
+
+        let any = run_args(&["--allowed-collector-namespaces=*"]).unwrap();
+        assert_eq!(
+            any.collector_guard().unwrap().namespaces,
+            plan::guard::Namespaces::Any
+        );
+        let own_only = run_args(&["--allowed-collector-namespaces="]).unwrap();
+        assert_eq!(
+            own_only.collector_guard().unwrap().namespaces,
+            plan::guard::Namespaces::List(vec![]),
+            "an empty list leaves only the operator's namespace"
+        );
+    }
+
+    #[test]
+    fn bad_collector_settings_name_the_flag() {
+        let bad = run_args(&["--allowed-collector-namespaces=*,kube-system"]).unwrap();
+        let error = bad.collector_guard().unwrap_err();
+        assert!(
+            error.starts_with("--allowed-collector-namespaces:"),
+            "{error}"
+        );
+        let bad = run_args(&["--allowed-collector-images="]).unwrap();
+        let error = bad.collector_guard().unwrap_err();
+        assert!(error.starts_with("--allowed-collector-images:"), "{error}");
     }
 }

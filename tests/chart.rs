@@ -1,7 +1,8 @@
 //! The Helm chart and the manifests rendered from it, checked without a cluster:
 //! `helm lint --strict`, deploy/ against a fresh render, the chart's copy of the
 //! CRD, and the fields of the rendered objects that users rely on (replicas,
-//! leader election, security context, probes, least-privilege RBAC, labels).
+//! leader election, security context, probes, least-privilege RBAC, labels, the
+//! collector settings in the operator's flags, its RBAC and its admission policy).
 //!
 //! helm is the testbed's pinned build (`testbed/tools/build`, built on first use).
 
@@ -89,6 +90,47 @@ fn kinds(objects: &[Value]) -> Vec<&str> {
         .iter()
         .map(|o| o["kind"].as_str().unwrap_or_default())
         .collect()
+}
+
+/// The object of `kind` named `name` in `namespace` (`None`: cluster-scoped).
+fn named<T: DeserializeOwned>(
+    objects: &[Value],
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> T {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["kind"] == kind
+                && o["metadata"]["name"] == name
+                && o["metadata"]["namespace"].as_str() == namespace
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {kind} {name} in {namespace:?}, rendered kinds: {:?}",
+        kinds(objects)
+    );
+    serde_json::from_value(found[0].clone())
+        .unwrap_or_else(|e| panic!("{kind} {name} does not parse: {e}"))
+}
+
+/// The namespaces of the rendered objects of `kind` named `name`, sorted.
+fn namespaces_of(objects: &[Value], kind: &str, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = objects
+        .iter()
+        .filter(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .map(|o| {
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The only object of `kind`, as its typed struct.
@@ -191,6 +233,11 @@ fn helm_lint_is_clean_with_default_and_optional_objects() {
         "networkPolicy.enabled=true",
         "telemetry.otlpEndpoint=http://otel-collector.observability:4317",
     ]);
+    lint(&[
+        "collector.allowedNamespaces={*}",
+        "collector.allowExternalBackends=true",
+        "admissionPolicy.enabled=false",
+    ]);
 }
 
 /// `kubectl apply -f deploy/` must install what the chart installs.
@@ -241,15 +288,28 @@ fn deploy_manifests_match_a_fresh_render() {
         "CustomResourceDefinition",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ];
+    // The collector Role and its binding live in each allowed collector
+    // namespace (by default this one and observability); the rest lives here.
+    let collectors = format!("{RELEASE}-collectors");
     for object in all
         .iter()
         .filter(|o| !cluster_scoped.contains(&o["kind"].as_str().unwrap_or_default()))
+        .filter(|o| o["metadata"]["name"] != collectors.as_str())
     {
         assert_eq!(
             object["metadata"]["namespace"], NAMESPACE,
             "namespace of {} {}",
             object["kind"], object["metadata"]["name"]
+        );
+    }
+    for kind in ["Role", "RoleBinding"] {
+        assert_eq!(
+            namespaces_of(&all, kind, &collectors),
+            ["observability", NAMESPACE],
+            "deploy/ holds the collector {kind} in the default allowed namespaces"
         );
     }
     assert_eq!(
@@ -425,14 +485,26 @@ fn default_install_runs_two_leader_elected_hardened_replicas() {
     assert_eq!(pdb_spec.selector, Some(spec.selector.clone()));
 }
 
-/// The arguments the chart passes are accepted by the binary this crate builds:
-/// it gets past argument parsing and stops at the (missing) kubeconfig.
+/// The arguments the chart passes are accepted by the binary this crate builds
+/// (with default values and with other collector settings): it gets past
+/// argument parsing and the collector settings and stops at the (missing) kubeconfig.
 #[test]
 fn operator_binary_accepts_the_charts_arguments() {
-    let deployment: Deployment = one(
-        &render(&["telemetry.otlpEndpoint=http://127.0.0.1:1"]),
-        "Deployment",
-    );
+    for set in [
+        &["telemetry.otlpEndpoint=http://127.0.0.1:1"][..],
+        &[
+            "collector.allowedNamespaces={team-a,team-b}",
+            "collector.allowedImages={registry.corp.example/otel/,otel/opentelemetry-collector-contrib}",
+            "collector.allowExternalBackends=true",
+        ][..],
+        &["collector.allowedNamespaces={*}"][..],
+    ] {
+        binary_accepts_the_arguments_of(set);
+    }
+}
+
+fn binary_accepts_the_arguments_of(set: &[&str]) {
+    let deployment: Deployment = one(&render(set), "Deployment");
     let c = operator_container(&deployment);
     let home = TempDir::new("chart-args-home");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tracing-operator"))
@@ -464,9 +536,167 @@ fn operator_binary_accepts_the_charts_arguments() {
     );
     assert!(
         stderr.contains("kubeconfig"),
-        "expected to stop at the missing kubeconfig, got {:?}:\n{stderr}",
+        "{set:?}: expected to stop at the missing kubeconfig, got {:?}:\n{stderr}",
         out.status
     );
+}
+
+/// The operator's arguments in a render.
+fn operator_args(objects: &[Value]) -> Vec<String> {
+    let deployment: Deployment = one(objects, "Deployment");
+    operator_container(&deployment).args.unwrap_or_default()
+}
+
+/// The CEL text of the admission policy's variable `name`.
+fn admission_variable(policy: &Value, name: &str) -> String {
+    policy["spec"]["variables"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["expression"].as_str())
+        .unwrap_or_else(|| panic!("admission policy variable {name}"))
+        .to_string()
+}
+
+/// The chart's collector values become the operator's flags, the namespaces of
+/// its collector Roles and the admission policy's settings, all the same.
+#[test]
+fn collector_settings_reach_the_flags_the_rbac_and_the_admission_policy() {
+    let guard = format!("{RELEASE}-collector-guard");
+    let collectors = format!("{RELEASE}-collectors");
+
+    // Defaults: the release namespace and observability, the pinned image's
+    // repository, in-cluster backends.
+    let objects = render(&[]);
+    let args = operator_args(&objects);
+    for flag in [
+        "--allowed-collector-namespaces=tracing-operator,observability",
+        "--allowed-collector-images=otel/opentelemetry-collector-contrib",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a == "--allow-external-backends"));
+    assert_eq!(
+        tracing_operator::plan::guard::image_repository(
+            tracing_operator::plan::collector::DEFAULT_COLLECTOR_IMAGE
+        ),
+        "otel/opentelemetry-collector-contrib",
+        "the default prefix admits the default image"
+    );
+    let policy: Value = named(&objects, "ValidatingAdmissionPolicy", &guard, None);
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["apiGroups"], serde_json::json!(["tracing.caas.io"]));
+    assert_eq!(rule["resources"], serde_json::json!(["tracingpolicies"]));
+    assert_eq!(rule["operations"], serde_json::json!(["CREATE", "UPDATE"]));
+    for (variable, cel) in [
+        ("operatorNamespace", r#""tracing-operator""#),
+        ("anyNamespace", "false"),
+        (
+            "allowedNamespaces",
+            r#"["tracing-operator","observability"]"#,
+        ),
+        (
+            "allowedImages",
+            r#"["otel/opentelemetry-collector-contrib"]"#,
+        ),
+        ("externalBackends", "false"),
+    ] {
+        assert_eq!(admission_variable(&policy, variable), cel, "{variable}");
+    }
+    assert!(
+        admission_variable(&policy, "image").contains(&format!(
+            "{:?}",
+            tracing_operator::plan::collector::DEFAULT_COLLECTOR_IMAGE
+        )),
+        "a policy without an image is judged by the operator's default image"
+    );
+    let binding: Value = named(&objects, "ValidatingAdmissionPolicyBinding", &guard, None);
+    assert_eq!(binding["spec"]["policyName"], guard.as_str());
+    assert_eq!(
+        binding["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+
+    // Listed namespaces and images, external backends.
+    let objects = render(&[
+        "collector.allowedNamespaces={team-a,team-b,tracing-operator}",
+        "collector.allowedImages={registry.corp.example/otel/}",
+        "collector.allowExternalBackends=true",
+    ]);
+    let args = operator_args(&objects);
+    for flag in [
+        "--allowed-collector-namespaces=tracing-operator,team-a,team-b",
+        "--allowed-collector-images=registry.corp.example/otel",
+        "--allow-external-backends",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    for kind in ["Role", "RoleBinding"] {
+        assert_eq!(
+            namespaces_of(&objects, kind, &collectors),
+            ["team-a", "team-b", NAMESPACE],
+            "{kind}s only where collectors may run"
+        );
+    }
+    let policy: Value = named(&objects, "ValidatingAdmissionPolicy", &guard, None);
+    for (variable, cel) in [
+        (
+            "allowedNamespaces",
+            r#"["tracing-operator","team-a","team-b"]"#,
+        ),
+        ("allowedImages", r#"["registry.corp.example/otel"]"#),
+        ("externalBackends", "true"),
+    ] {
+        assert_eq!(admission_variable(&policy, variable), cel, "{variable}");
+    }
+
+    // Any namespace: the collector permissions become cluster-wide.
+    let objects = render(&["collector.allowedNamespaces={*}"]);
+    let args = operator_args(&objects);
+    assert!(
+        args.iter().any(|a| a == "--allowed-collector-namespaces=*"),
+        "{args:?}"
+    );
+    assert!(namespaces_of(&objects, "Role", &collectors).is_empty());
+    let role: ClusterRole = named(&objects, "ClusterRole", &collectors, None);
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        collector_grants()
+    );
+    let binding: ClusterRoleBinding = named(&objects, "ClusterRoleBinding", &collectors, None);
+    assert_eq!(binding.role_ref.name, collectors);
+    let policy: Value = named(&objects, "ValidatingAdmissionPolicy", &guard, None);
+    assert_eq!(admission_variable(&policy, "anyNamespace"), "true");
+
+    // The admission policy can be left out; the operator's own check stays.
+    let objects = render(&["admissionPolicy.enabled=false"]);
+    assert!(
+        !kinds(&objects)
+            .iter()
+            .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
+        "{:?}",
+        kinds(&objects)
+    );
+    assert!(
+        operator_args(&objects)
+            .iter()
+            .any(|a| a.starts_with("--allowed-collector-namespaces="))
+    );
+
+    // Without rbac.create, no Role or ClusterRole at all.
+    let objects = render(&[
+        "rbac.create=false",
+        "leaderElection.enabled=false",
+        "replicaCount=1",
+    ]);
+    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(
+            !kinds(&objects).contains(&kind),
+            "no {kind} without rbac.create"
+        );
+    }
 }
 
 fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
@@ -493,6 +723,24 @@ fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
     out
 }
 
+/// What the operator may do in an allowed collector namespace.
+fn collector_grants() -> BTreeSet<String> {
+    [
+        "apps/deployments create",
+        "apps/deployments delete",
+        "core/configmaps create",
+        "core/configmaps patch",
+        "core/configmaps delete",
+        "core/services create",
+        "core/services patch",
+        "core/services delete",
+        "core/secrets get",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
 #[test]
 fn rbac_grants_exactly_what_the_operator_uses() {
     let objects = render(&[]);
@@ -509,12 +757,18 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             "no wildcards: {rule:?}"
         );
     }
-    // Secrets are read one at a time by name, never listed or watched.
-    let secrets: Vec<&String> = granted
-        .iter()
-        .filter(|g| g.starts_with("core/secrets "))
-        .collect();
-    assert_eq!(secrets, ["core/secrets get"], "Secrets: get only");
+    // Cluster-wide: no Secrets at all, and nothing created but Events. Both are
+    // granted only in the allowed collector namespaces (below).
+    assert!(
+        !granted.iter().any(|g| g.starts_with("core/secrets ")),
+        "no Secrets cluster-wide: {granted:#?}"
+    );
+    let creates: Vec<&String> = granted.iter().filter(|g| g.ends_with(" create")).collect();
+    assert_eq!(
+        creates,
+        ["events.k8s.io/events create"],
+        "cluster-wide the operator creates Events only"
+    );
     // Nothing on pods (no exec, attach, port-forward, eviction) and no Lease
     // outside the operator's namespace.
     assert!(
@@ -538,8 +792,6 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "apps/deployments list",
         "apps/deployments watch",
         "apps/deployments patch",
-        "apps/deployments create",
-        "apps/deployments delete",
         "apps/statefulsets list",
         "apps/statefulsets watch",
         "apps/statefulsets patch",
@@ -548,15 +800,8 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "apps/daemonsets patch",
         "core/configmaps list",
         "core/configmaps watch",
-        "core/configmaps create",
-        "core/configmaps patch",
-        "core/configmaps delete",
         "core/services list",
         "core/services watch",
-        "core/services create",
-        "core/services patch",
-        "core/services delete",
-        "core/secrets get",
         "events.k8s.io/events create",
         "events.k8s.io/events patch",
     ]
@@ -585,7 +830,12 @@ fn rbac_grants_exactly_what_the_operator_uses() {
     }
 
     // Leases: only the operator's own, in its namespace.
-    let lease_role: Role = one(&objects, "Role");
+    let lease_role: Role = named(
+        &objects,
+        "Role",
+        &format!("{RELEASE}-leader-election"),
+        Some(NAMESPACE),
+    );
     assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NAMESPACE));
     let lease_grants = grants(lease_role.rules.as_deref().unwrap_or_default());
     let expected_lease: BTreeSet<String> = [
@@ -616,7 +866,12 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             role.metadata.name.as_deref().unwrap_or_default()
         )
     );
-    let rb: RoleBinding = one(&objects, "RoleBinding");
+    let rb: RoleBinding = named(
+        &objects,
+        "RoleBinding",
+        &format!("{RELEASE}-leader-election"),
+        Some(NAMESPACE),
+    );
     assert_eq!(
         (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
         (
@@ -624,7 +879,33 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             lease_role.metadata.name.as_deref().unwrap_or_default()
         )
     );
-    for subjects in [crb.subjects, rb.subjects] {
+    let mut subjects_of_bindings = vec![crb.subjects, rb.subjects];
+
+    // Running collectors: a Role in each allowed collector namespace (the release
+    // namespace and, by default, observability), and nowhere else.
+    let collectors = format!("{RELEASE}-collectors");
+    assert_eq!(
+        namespaces_of(&objects, "Role", &collectors),
+        ["observability", NAMESPACE]
+    );
+    for ns in [NAMESPACE, "observability"] {
+        let role: Role = named(&objects, "Role", &collectors, Some(ns));
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            collector_grants(),
+            "collector Role in {ns}"
+        );
+        let binding: RoleBinding = named(&objects, "RoleBinding", &collectors, Some(ns));
+        assert_eq!(
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("Role", collectors.as_str())
+        );
+        subjects_of_bindings.push(binding.subjects);
+    }
+    for subjects in subjects_of_bindings {
         let subjects = subjects.unwrap_or_default();
         assert_eq!(subjects.len(), 1);
         assert_eq!(subjects[0].kind, "ServiceAccount");
@@ -775,8 +1056,10 @@ fn single_replica_without_leader_election() {
         "{args:?}"
     );
     let present = kinds(&objects);
+    let lease_rbac = format!("{RELEASE}-leader-election");
     assert!(
-        !present.contains(&"Role") && !present.contains(&"RoleBinding"),
+        namespaces_of(&objects, "Role", &lease_rbac).is_empty()
+            && namespaces_of(&objects, "RoleBinding", &lease_rbac).is_empty(),
         "no Lease permissions without leader election"
     );
     assert!(
@@ -795,6 +1078,22 @@ fn bad_values_are_refused_with_the_field_named() {
         (&["replicas=3"][..], "replicas"),
         (&["operator.logFormat=xml"][..], "logFormat"),
         (&["operator.concurrency=0"][..], "concurrency"),
+        (
+            &["collector.allowedNamespaces={*,team-a}"][..],
+            "collector.allowedNamespaces",
+        ),
+        (
+            &["collector.allowedNamespaces={Team_A}"][..],
+            "allowedNamespaces",
+        ),
+        (
+            &["collector.allowedImages={/}"][..],
+            "collector.allowedImages",
+        ),
+        (
+            &["collector.allowedImages={otel/collector@sha256:00}"][..],
+            "allowedImages",
+        ),
         (
             &[
                 "metrics.serviceMonitor.enabled=true",

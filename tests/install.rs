@@ -4,7 +4,10 @@
 //! - installed with `helm install`, the chart's ServiceAccount and RBAC are
 //!   enough for the real binary to reconcile a policy and the example policy
 //!   (collector, progressive rollout), and no more than that
-//!   (SelfSubjectAccessReview with the ServiceAccount's own token);
+//!   (SelfSubjectAccessReview with the ServiceAccount's own token): in
+//!   particular no Secret and no creating Deployments outside the allowed
+//!   collector namespaces, and the installed admission policy refuses a
+//!   policy outside them;
 //! - of two `--leader-elect` processes only the Lease holder reconciles, a
 //!   standby takes over within the lease duration when the leader is killed, and
 //!   SIGTERM exits cleanly and hands the Lease back;
@@ -258,14 +261,24 @@ async fn rendered_chart_passes_a_server_side_dry_run_apply() {
     let mut cleanup = support::Cleanup::default();
     let ns = support::fresh_namespace(&client, "tracing-operator-dryrun", &[]).await;
     cleanup.namespaces.push(ns.clone());
+    // Stands in for observability, which the testbed does not have: the collector
+    // Role goes into each allowed namespace, which must exist.
+    let collectors = support::fresh_namespace(&client, "dryrun-collectors", &[]).await;
+    cleanup.namespaces.push(collectors.clone());
+    let allowed = format!("collector.allowedNamespaces={{{collectors}}}");
     let scratch = support::Scratch::new("install-dryrun").expect("scratch dir");
 
     for (variant, sets) in [
-        ("defaults", &[][..]),
+        ("defaults", &[allowed.as_str()][..]),
         (
             "networkpolicy",
-            &["networkPolicy.enabled=true", "replicaCount=3"][..],
+            &[
+                "networkPolicy.enabled=true",
+                "replicaCount=3",
+                allowed.as_str(),
+            ][..],
         ),
+        ("any-namespace", &["collector.allowedNamespaces={*}"][..]),
     ] {
         let manifest = scratch.path().join(format!("{variant}.yaml"));
         let rendered = run_ok(
@@ -319,6 +332,8 @@ async fn rendered_chart_passes_a_server_side_dry_run_apply() {
             "service/",
             "deployment.apps/",
             "poddisruptionbudget.policy/",
+            "validatingadmissionpolicy.admissionregistration.k8s.io/",
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/",
         ] {
             assert!(
                 applied.contains(kind),
@@ -331,6 +346,17 @@ async fn rendered_chart_passes_a_server_side_dry_run_apply() {
                 "{applied}"
             );
         }
+        let collector_roles = applied
+            .lines()
+            .filter(|l| {
+                l.starts_with("role.rbac.authorization.k8s.io/") && l.contains("-collectors")
+            })
+            .count();
+        assert_eq!(
+            collector_roles,
+            if variant == "any-namespace" { 0 } else { 2 },
+            "{variant}: a collector Role in the release namespace and {collectors}, or none with *:\n{applied}"
+        );
     }
     let left = support::kubectl_ok(&["get", "all,serviceaccounts,roles", "-n", &ns, "-o", "name"]);
     assert!(
@@ -450,6 +476,10 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
 
     let release_ns = support::fresh_namespace(&admin, "tracing-operator-rbac", &[]).await;
     cleanup.namespaces.push(release_ns.clone());
+    // The one collector namespace allowed besides the release namespace; the
+    // example policy's central collector runs there.
+    let collector_ns = support::fresh_namespace(&admin, "example-observability", &[]).await;
+    cleanup.namespaces.push(collector_ns.clone());
     // The release's name is the namespace's: its ClusterRole and binding are
     // cluster-scoped and must not collide with another install.
     let release = release_ns.clone();
@@ -466,9 +496,35 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         helm()
             .args(["install", &release])
             .arg(chart())
-            .args(["--namespace", &release_ns]),
+            .args(["--namespace", &release_ns])
+            .args([
+                "--set",
+                &format!("collector.allowedNamespaces={{{collector_ns}}}"),
+            ]),
     );
     harness::wait_crd_served(&admin).await;
+    // The operator process below gets the collector settings the chart gave its
+    // Deployment, flag for flag.
+    let installed = Api::<Deployment>::namespaced(admin.clone(), &release_ns)
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await
+        .expect("list the chart's Deployment");
+    let collector_flags: Vec<String> = installed
+        .items
+        .iter()
+        .flat_map(|d| d.spec.template.spec.as_ref())
+        .flat_map(|p| p.containers.iter())
+        .flat_map(|c| c.args.clone().unwrap_or_default())
+        .filter(|a| a.starts_with("--allowed-collector-") || a == "--allow-external-backends")
+        .collect();
+    assert_eq!(
+        collector_flags,
+        [
+            format!("--allowed-collector-namespaces={release_ns},{collector_ns}"),
+            "--allowed-collector-images=otel/opentelemetry-collector-contrib".to_string(),
+        ],
+        "the chart passes its collector settings"
+    );
 
     // The chart's ServiceAccount, whatever the chart names it.
     let accounts = Api::<ServiceAccount>::namespaced(admin.clone(), &release_ns)
@@ -526,12 +582,9 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     cleanup.policies.push(policy_name.clone());
 
     let identity = support::unique("rbac");
-    let mut operator = start_operator(
-        &identity,
-        scratch.path(),
-        &kubeconfig,
-        &["--namespace", &release_ns, "--leader-elect"],
-    );
+    let mut args = vec!["--namespace", release_ns.as_str(), "--leader-elect"];
+    args.extend(collector_flags.iter().map(String::as_str));
+    let mut operator = start_operator(&identity, scratch.path(), &kubeconfig, &args);
     support::wait_until(
         "the operator holds the Lease in the release namespace",
         Duration::from_secs(60),
@@ -594,24 +647,41 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         "{events:?}"
     );
 
-    // What the ServiceAccount may and may not do.
+    // What the ServiceAccount may and may not do. Cluster-wide it patches
+    // workloads; it creates Deployments, ConfigMaps and Services and reads
+    // Secrets only in the allowed collector namespaces.
     let c = &operator_client;
     let other_ns = workloads.as_str();
     let home = Some(release_ns.as_str());
-    let denied: [Access; 12] = [
+    let collectors = Some(collector_ns.as_str());
+    let outside = [Some(other_ns), Some("kube-system"), Some("default")];
+    let mut denied: Vec<Access> = vec![
         ("list", "", "secrets", None, None, None),
         ("list", "", "secrets", None, Some(other_ns), None),
         ("watch", "", "secrets", None, None, None),
         ("watch", "", "secrets", None, Some(other_ns), None),
+        ("list", "", "secrets", None, collectors, None),
+        ("get", "", "secrets", None, None, Some("tls")),
+        ("create", "apps", "deployments", None, None, None),
+        ("create", "", "pods", None, collectors, None),
         ("create", "", "pods", Some("exec"), Some(other_ns), None),
         ("get", "", "pods", Some("exec"), Some(other_ns), None),
         ("patch", "batch", "jobs", None, Some(other_ns), None),
+        ("create", "batch", "jobs", None, collectors, None),
         (
             "create",
             "rbac.authorization.k8s.io",
             "clusterroles",
             None,
             None,
+            None,
+        ),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            None,
+            collectors,
             None,
         ),
         ("delete", "", "namespaces", None, None, Some(other_ns)),
@@ -633,14 +703,24 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
             Some("someone-elses"),
         ),
     ];
+    for ns in outside {
+        denied.extend([
+            ("get", "", "secrets", None, ns, Some("tls")),
+            ("create", "apps", "deployments", None, ns, None),
+            ("delete", "apps", "deployments", None, ns, Some("web")),
+            ("create", "", "configmaps", None, ns, None),
+            ("patch", "", "configmaps", None, ns, Some("kube-proxy")),
+            ("create", "", "services", None, ns, None),
+            ("delete", "", "services", None, ns, Some("web")),
+        ]);
+    }
     for (verb, group, resource, sub, ns, name) in denied {
         assert!(
             !can(c, verb, group, resource, sub, ns, name).await,
             "the operator's ServiceAccount must not {verb} {group}/{resource}/{sub:?} in {ns:?} (name {name:?})"
         );
     }
-    let allowed: [Access; 6] = [
-        ("get", "", "secrets", None, Some(other_ns), Some("tls")),
+    let mut allowed: Vec<Access> = vec![
         (
             "patch",
             "apps",
@@ -651,11 +731,19 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         ),
         (
             "patch",
+            "apps",
+            "deployments",
+            None,
+            Some("kube-system"),
+            None,
+        ),
+        (
+            "patch",
             "tracing.caas.io",
             "tracingpolicies",
             Some("status"),
             None,
-            Some(&policy_name),
+            Some(policy_name.as_str()),
         ),
         ("create", "coordination.k8s.io", "leases", None, home, None),
         (
@@ -675,6 +763,24 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
             None,
         ),
     ];
+    for ns in [home, collectors] {
+        allowed.extend([
+            ("get", "", "secrets", None, ns, Some("tls")),
+            ("create", "apps", "deployments", None, ns, None),
+            (
+                "delete",
+                "apps",
+                "deployments",
+                None,
+                ns,
+                Some("x-collector"),
+            ),
+            ("create", "", "configmaps", None, ns, None),
+            ("patch", "", "configmaps", None, ns, Some("x-collector")),
+            ("create", "", "services", None, ns, None),
+            ("delete", "", "services", None, ns, Some("x-collector")),
+        ]);
+    }
     for (verb, group, resource, sub, ns, name) in allowed {
         assert!(
             can(c, verb, group, resource, sub, ns, name).await,
@@ -682,13 +788,72 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         );
     }
 
+    // On the real API server: patch on Deployments is not enough to create one
+    // with a server-side apply. The token may patch Deployments in the workload
+    // namespace (the table above) and still cannot start one there.
+    let intruder = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "intruder", "namespace": other_ns},
+        "spec": {
+            "selector": {"matchLabels": {"app": "intruder"}},
+            "template": {"metadata": {"labels": {"app": "intruder"}},
+                         "spec": {"containers": [{"name": "c", "image": "evil.example/miner:1"}]}}
+        }
+    });
+    let refused = Api::<Deployment>::namespaced(operator_client.clone(), other_ns)
+        .patch(
+            "intruder",
+            &PatchParams::apply("tracing-operator").force(),
+            &Patch::Apply(&intruder),
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(status)) => assert!(
+            status.code == 403 && status.message.contains("cannot create resource"),
+            "a server-side apply that would create a Deployment needs create: {status:?}"
+        ),
+        other => panic!("the operator's token created a Deployment in {other_ns}: {other:?}"),
+    }
+    assert!(
+        Api::<Deployment>::namespaced(admin.clone(), other_ns)
+            .get_opt("intruder")
+            .await
+            .expect("read Deployment intruder")
+            .is_none()
+    );
+
+    // The chart's admission policy is live: a policy whose collector would run
+    // outside the allowed namespaces is refused at create, naming the field.
+    let outside_policy = json!({
+        "apiVersion": "tracing.caas.io/v1alpha1",
+        "kind": "TracingPolicy",
+        "metadata": {"name": format!("install-outside-{case}")},
+        "spec": {
+            "collector": {"namespace": other_ns},
+            "backends": [{"name": "jaeger", "type": "jaeger", "endpoint": "http://jaeger.observability.svc:4317"}]
+        }
+    });
+    let refusal = support::admission::wait_refused_by(
+        &admin,
+        &format!("{release}-collector-guard"),
+        &outside_policy,
+    )
+    .await;
+    assert_eq!(
+        support::admission::denial(&refusal),
+        format!(
+            "spec.collector.namespace: namespace {other_ns} is not an allowed collector namespace (allowed: {release_ns}, {collector_ns})"
+        )
+    );
+
     // Deleting the policy runs the operator's cleanup with the same token.
     harness::delete_policy(&admin, &policy_name).await;
     wait_web_sampling(&admin, &workloads, None).await;
 
     // The example policy (central collector, progressive rollout) with the
     // example workloads, moved into this test's namespaces.
-    example_policy_reconciles(&admin, &mut cleanup).await;
+    example_policy_reconciles(&admin, &collector_ns, &mut cleanup).await;
 
     let status = operator.sigterm(Duration::from_secs(30)).await;
     let log = operator.log();
@@ -720,16 +885,19 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
 
 /// examples/policy.yaml and examples/workloads.yaml with the policy renamed,
 /// selecting a namespace of this test's that holds the example workloads, and
-/// its central collector in another: the operator (running with the chart's
-/// ServiceAccount) deploys the collector, rolls tracing out progressively to
-/// Ready, and removes both when the policy is deleted.
-async fn example_policy_reconciles(admin: &Client, cleanup: &mut support::Cleanup) {
+/// its central collector in `collector_ns` (an allowed collector namespace): the
+/// operator (running with the chart's ServiceAccount) deploys the collector,
+/// rolls tracing out progressively to Ready, and removes both when the policy is
+/// deleted.
+async fn example_policy_reconciles(
+    admin: &Client,
+    collector_ns: &str,
+    cleanup: &mut support::Cleanup,
+) {
     let examples = support::repo().join("examples");
     let case = support::unique("example");
     let services = harness::namespace(admin, &case, &[]).await;
     cleanup.namespaces.push(services.clone());
-    let collector_ns = support::fresh_namespace(admin, "example-observability", &[]).await;
-    cleanup.namespaces.push(collector_ns.clone());
 
     for mut workload in yaml_documents(&examples.join("workloads.yaml")) {
         workload["metadata"]["namespace"] = json!(services);
@@ -792,26 +960,26 @@ async fn example_policy_reconciles(admin: &Client, cleanup: &mut support::Cleanu
         .cloned()
         .unwrap_or_default();
     assert!(
-        endpoint.contains(&collector_ns),
+        endpoint.contains(collector_ns),
         "the services send to the collector in {collector_ns}: {env:?}"
     );
     let managed = ListParams::default().labels("app.kubernetes.io/managed-by=tracing-operator");
     let collector_objects = || async {
-        let deployments = Api::<Deployment>::namespaced(admin.clone(), &collector_ns)
+        let deployments = Api::<Deployment>::namespaced(admin.clone(), collector_ns)
             .list(&managed)
             .await
             .expect("list collector Deployments")
             .items
             .len();
         let configmaps =
-            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), &collector_ns)
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), collector_ns)
                 .list(&managed)
                 .await
                 .expect("list collector ConfigMaps")
                 .items
                 .len();
         let services =
-            Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), &collector_ns)
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), collector_ns)
                 .list(&managed)
                 .await
                 .expect("list collector Services")

@@ -42,6 +42,7 @@ use crate::plan::collector::{
     CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, config_hash, plan_collector,
     referenced_secrets,
 };
+use crate::plan::guard::{check_policy, namespace_allowed};
 use crate::plan::status::Problem;
 use crate::plan::{collector_name, collector_namespace, export_target};
 use crate::workload::MANAGED_BY_LABEL;
@@ -426,8 +427,11 @@ pub async fn reconcile(
     let results: Vec<(String, Vec<Problem>)> = stream::iter(wanted.iter())
         .map(|ns| {
             let exists = known.contains_key(ns);
+            let allowed = namespace_allowed(&ctx.settings.collector_guard, operator_ns, ns);
             async move {
-                let problems = if exists {
+                let problems = if !allowed {
+                    vec![namespace_not_allowed(&ctx.settings, ns)]
+                } else if exists {
                     ensure(ctx, name, spec, ns, owner, enforce).await
                 } else {
                     vec![missing_namespace(spec, ns)]
@@ -511,6 +515,46 @@ fn bounded(mut problems: Vec<Problem>) -> Vec<Problem> {
         });
     }
     problems
+}
+
+/// Reason of a policy, or of one namespace's collector, outside the operator's
+/// collector settings.
+pub const REASON_NOT_ALLOWED: &str = "CollectorNotAllowed";
+
+/// The problem of a policy that [`check_policy`] refuses, naming each field; the
+/// reconcile then creates and changes nothing for it.
+pub fn not_allowed(spec: &TracingPolicySpec, settings: &super::Settings) -> Option<Problem> {
+    let violations = check_policy(
+        spec,
+        &settings.operator_namespace,
+        &settings.collector_guard,
+    );
+    (!violations.is_empty()).then(|| Problem {
+        reason: REASON_NOT_ALLOWED,
+        message: format!(
+            "{}; outside the operator's collector settings, so no collector is deployed or changed and no workload is touched",
+            violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })
+}
+
+/// A PerNamespace collector in a namespace the settings do not allow: that
+/// namespace's workloads are held, as with a missing Secret.
+fn namespace_not_allowed(settings: &super::Settings, ns: &str) -> Problem {
+    Problem {
+        reason: REASON_NOT_ALLOWED,
+        message: format!(
+            "spec.collector.placement: PerNamespace needs a collector in namespace {ns}, which is not an allowed collector namespace (allowed: {}); {}",
+            settings
+                .collector_guard
+                .describe_namespaces(&settings.operator_namespace),
+            consequence(ns)
+        ),
+    }
 }
 
 fn missing_namespace(spec: &TracingPolicySpec, ns: &str) -> Problem {

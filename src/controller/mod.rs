@@ -54,6 +54,11 @@ pub struct Settings {
     pub instance: Option<String>,
     /// How settings reach pods (`--injection`).
     pub injection: InjectionChoice,
+    /// Where collectors may run, from which images, sending where. The default
+    /// here is [`crate::plan::guard::CollectorGuard::unrestricted`], what tests and
+    /// embedders start from; `tracing-operator run` sets it from its flags, whose
+    /// defaults restrict ([`crate::plan::guard::CollectorGuard::default`]).
+    pub collector_guard: crate::plan::guard::CollectorGuard,
 }
 
 impl Default for Settings {
@@ -66,6 +71,7 @@ impl Default for Settings {
             burst: 40,
             instance: None,
             injection: InjectionChoice::Auto,
+            collector_guard: crate::plan::guard::CollectorGuard::unrestricted(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod collector;
 pub mod env;
 pub mod index;
 pub mod injection;
+pub mod guard;
 pub mod precedence;
 pub mod rollout;
 pub mod selection;

@@ -7,6 +7,7 @@
 //! `testbed/testbed up` once (a no-op when it is already up) and use its kubeconfig.
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod apiserver;
 pub mod audit;
 pub mod jaeger;
