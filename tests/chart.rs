@@ -757,24 +757,27 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             "no wildcards: {rule:?}"
         );
     }
-    // Cluster-wide: no Secrets at all, and nothing created but Events. Both are
-    // granted only in the allowed collector namespaces (below).
+    // Cluster-wide: no Secrets at all, and nothing created but Events and the
+    // operator's own admission policy, by name. Both are granted only in the
+    // allowed collector namespaces (below).
     assert!(
         !granted.iter().any(|g| g.starts_with("core/secrets ")),
         "no Secrets cluster-wide: {granted:#?}"
     );
-    let creates: Vec<&String> = granted.iter().filter(|g| g.ends_with(" create")).collect();
+    let creates: Vec<&String> = granted.iter().filter(|g| g.contains(" create")).collect();
     assert_eq!(
         creates,
-        ["events.k8s.io/events create"],
-        "cluster-wide the operator creates Events only"
+        [
+            "admissionregistration.k8s.io/mutatingadmissionpolicies create tracing-operator.tracing.caas.io",
+            "admissionregistration.k8s.io/mutatingadmissionpolicybindings create tracing-operator.tracing.caas.io",
+            "events.k8s.io/events create",
+        ],
+        "cluster-wide the operator creates Events and its admission policy only"
     );
-    // Nothing on pods (no exec, attach, port-forward, eviction) and no Lease
-    // outside the operator's namespace.
-    assert!(
-        !granted.iter().any(|g| g.starts_with("core/pods")),
-        "no access to pods: {granted:#?}"
-    );
+    // On pods only list (the injection check; no exec, attach, port-forward,
+    // eviction) and no Lease outside the operator's namespace.
+    let pods: Vec<&String> = granted.iter().filter(|g| g.starts_with("core/pods")).collect();
+    assert_eq!(pods, ["core/pods list"], "only listing pods: {granted:#?}");
     assert!(
         !granted.iter().any(|g| g.contains("leases")),
         "Leases only through the namespaced Role"
@@ -789,15 +792,29 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "tracing.caas.io/tracingpolicies/finalizers update",
         "core/namespaces list",
         "core/namespaces watch",
+        "apps/deployments get",
         "apps/deployments list",
         "apps/deployments watch",
         "apps/deployments patch",
+        "apps/statefulsets get",
         "apps/statefulsets list",
         "apps/statefulsets watch",
         "apps/statefulsets patch",
+        "apps/daemonsets get",
         "apps/daemonsets list",
         "apps/daemonsets watch",
         "apps/daemonsets patch",
+        "batch/cronjobs get",
+        "batch/cronjobs list",
+        "batch/cronjobs watch",
+        "batch/cronjobs patch",
+        "core/pods list",
+        "admissionregistration.k8s.io/mutatingadmissionpolicies get tracing-operator.tracing.caas.io",
+        "admissionregistration.k8s.io/mutatingadmissionpolicies create tracing-operator.tracing.caas.io",
+        "admissionregistration.k8s.io/mutatingadmissionpolicies patch tracing-operator.tracing.caas.io",
+        "admissionregistration.k8s.io/mutatingadmissionpolicybindings get tracing-operator.tracing.caas.io",
+        "admissionregistration.k8s.io/mutatingadmissionpolicybindings create tracing-operator.tracing.caas.io",
+        "admissionregistration.k8s.io/mutatingadmissionpolicybindings patch tracing-operator.tracing.caas.io",
         "core/configmaps list",
         "core/configmaps watch",
         "core/services list",
