@@ -776,7 +776,10 @@ fn rbac_grants_exactly_what_the_operator_uses() {
     );
     // On pods only list (the injection check; no exec, attach, port-forward,
     // eviction) and no Lease outside the operator's namespace.
-    let pods: Vec<&String> = granted.iter().filter(|g| g.starts_with("core/pods")).collect();
+    let pods: Vec<&String> = granted
+        .iter()
+        .filter(|g| g.starts_with("core/pods"))
+        .collect();
     assert_eq!(pods, ["core/pods list"], "only listing pods: {granted:#?}");
     assert!(
         !granted.iter().any(|g| g.contains("leases")),

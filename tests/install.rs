@@ -120,7 +120,7 @@ async fn wait_web_sampling(
         "web",
         &format!("OTEL_TRACES_SAMPLER_ARG={ratio:?}"),
         |d| {
-            let env = harness::env_of(d, "app");
+            let env = harness::planned_env(d, "app");
             match ratio {
                 Some(r) => env.get("OTEL_TRACES_SAMPLER_ARG").map(String::as_str) == Some(r),
                 None => !env.keys().any(|k| k.starts_with("OTEL_")),
@@ -128,7 +128,7 @@ async fn wait_web_sampling(
         },
     )
     .await;
-    harness::env_of(&web, "app")
+    harness::planned_env(&web, "app")
 }
 
 async fn lease(client: &Client, ns: &str) -> Option<Lease> {
@@ -622,11 +622,13 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         "{}",
         operator.metrics()
     );
+    // Events go on the policy (one per batch of writes, naming the workloads),
+    // and name this process as the reporting instance.
     let events = support::wait_until(
-        "an Event from this operator instance on Deployment web",
+        "an Event from this operator instance on the policy",
         Duration::from_secs(30),
         || {
-            let api = Api::<Event>::namespaced(admin.clone(), &workloads);
+            let api = Api::<Event>::all(admin.clone());
             let identity = identity.clone();
             async move {
                 let events = api.list(&ListParams::default()).await.ok()?.items;
@@ -641,8 +643,9 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
     .await;
     assert!(
         events.iter().any(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
-                && e.type_.as_deref() == Some("Normal")
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(policy_name.as_str())
+                && e.reason.as_deref() == Some("TracingApplied")
+                && e.note.as_deref().is_some_and(|n| n.contains("/web"))
         }),
         "{events:?}"
     );
@@ -949,7 +952,7 @@ async fn example_policy_reconciles(
         .get("gateway")
         .await
         .expect("gateway");
-    let env = harness::env_of(&gateway, "gateway");
+    let env = harness::planned_env(&gateway, "gateway");
     assert_eq!(
         env.get("OTEL_SERVICE_NAME").map(String::as_str),
         Some("api-gateway")
@@ -1004,7 +1007,7 @@ async fn example_policy_reconciles(
         .get("gateway")
         .await
         .expect("gateway");
-    let env = harness::env_of(&gateway, "gateway");
+    let env = harness::planned_env(&gateway, "gateway");
     assert!(
         !env.keys().any(|k| k.starts_with("OTEL_")) && env.contains_key("NODE_ENV"),
         "tracing removed, the gateway's own env kept: {env:?}"

@@ -149,9 +149,17 @@ pub(super) async fn reconcile_policy(
     // A policy outside the operator's collector settings gets no collector and
     // touches no workload (plan::guard); it reports why, naming each field.
     if let Some(problem) = collector::not_allowed(&policy.spec, &ctx.settings) {
-        let status =
-            write_status(ctx, policy, policy.status.as_ref(), 0, &[], &[], &[problem], None)
-                .await?;
+        let status = write_status(
+            ctx,
+            policy,
+            policy.status.as_ref(),
+            0,
+            &[],
+            &[],
+            &[problem],
+            None,
+        )
+        .await?;
         let events = status::status_events(&name, policy.status.as_ref(), &status);
         publish(ctx, policy, events).await;
         return Ok(Action::requeue(RESYNC));

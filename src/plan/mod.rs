@@ -12,9 +12,9 @@ use crate::api::{Placement, Protocol, TracingPolicySpec};
 
 pub mod collector;
 pub mod env;
+pub mod guard;
 pub mod index;
 pub mod injection;
-pub mod guard;
 pub mod precedence;
 pub mod rollout;
 pub mod selection;

@@ -529,7 +529,10 @@ impl LeaderElector {
                     wait = retry.min(expires.saturating_duration_since(Instant::now()));
                 }
                 Ok(Attempt::Raced) => {
-                    debug!(lease = %lock.name, "another candidate wrote the Lease first")
+                    // Someone else just wrote it: read it again at once, so the
+                    // holder is known (and logged) without a retry period's delay.
+                    debug!(lease = %lock.name, "another candidate wrote the Lease first");
+                    wait = Duration::ZERO;
                 }
                 Err(source) if is_permanent(&source) => {
                     return Err(Error {

@@ -339,6 +339,39 @@ pub fn condition(p: &TracingPolicy, type_: &str) -> Option<String> {
 
 /// The env of container `container` in a Deployment, as `name -> value`
 /// (`valueFrom` entries as `<fieldRef:PATH>`).
+/// The variables pods of `d` get in `container`, whichever way the operator
+/// injects: the template's own env, plus (admission injection) the planned
+/// variables its annotations carry for that container, where the container
+/// does not set them itself (values as planned, before admission adds the
+/// container's version and name).
+pub fn planned_env(d: &Deployment, container: &str) -> BTreeMap<String, String> {
+    let mut env = env_of(d, container);
+    let annotations = d
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let listed = annotations
+        .get("tracing.caas.io/inject")
+        .is_some_and(|c| c.split(',').any(|c| c == container));
+    if listed {
+        for name in annotations
+            .get("tracing.caas.io/env")
+            .map(|n| n.split(',').collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let value = annotations
+                .get(&format!("env.tracing.caas.io/{name}"))
+                .cloned()
+                .unwrap_or_else(|| "<fieldRef>".to_string());
+            env.entry(name.to_string()).or_insert(value);
+        }
+    }
+    env
+}
+
 pub fn env_of(d: &Deployment, container: &str) -> BTreeMap<String, String> {
     let containers = d
         .spec
