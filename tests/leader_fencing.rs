@@ -109,8 +109,8 @@ async fn token(admin: &Client, ns: &str, account: &str) -> String {
         .expect("TokenRequest issued a token")
 }
 
-/// The one object of kind `K` the chart's release `release` created (in `ns`, if namespaced).
-async fn chart_object<K>(api: Api<K>, release: &str) -> String
+/// The objects of kind `K` the chart's release `release` created (in `ns`, if namespaced).
+async fn chart_objects<K>(api: Api<K>, release: &str) -> Vec<String>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -118,8 +118,18 @@ where
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
         .await
         .expect("list the chart's objects");
-    assert_eq!(list.items.len(), 1, "the chart creates one of each");
-    list.items[0].name_any()
+    assert!(!list.items.is_empty(), "the chart creates them");
+    list.items.iter().map(|o| o.name_any()).collect()
+}
+
+/// The one object of kind `K` the chart's release `release` created.
+async fn chart_object<K>(api: Api<K>, release: &str) -> String
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let names = chart_objects(api, release).await;
+    assert_eq!(names.len(), 1, "the chart creates one: {names:?}");
+    names[0].clone()
 }
 
 async fn lease_holder(admin: &Client, ns: &str) -> Option<String> {
@@ -197,6 +207,8 @@ async fn a_frozen_leader_writes_nothing_after_the_new_leader_started() {
         .args(["install", &release])
         .arg(support::repo().join("charts/tracing-operator"))
         .args(["--namespace", &release, "--set", "replicaCount=1"])
+        // Collectors only in the release namespace: the test needs no other.
+        .args(["--set-json", "collector.allowedNamespaces=[]"])
         .output()
         .expect("helm runs");
     assert!(
@@ -211,7 +223,8 @@ async fn a_frozen_leader_writes_nothing_after_the_new_leader_started() {
     )
     .await;
     let cluster_role = chart_object(Api::<ClusterRole>::all(admin.clone()), &release).await;
-    let role = chart_object(Api::<Role>::namespaced(admin.clone(), &release), &release).await;
+    // The operator's own Role, and the collector Role of its namespace.
+    let roles = chart_objects(Api::<Role>::namespaced(admin.clone(), &release), &release).await;
     let subject = json!([{"kind": "ServiceAccount", "name": second, "namespace": release}]);
     Api::<ServiceAccount>::namespaced(admin.clone(), &release)
         .create(
@@ -232,18 +245,20 @@ async fn a_frozen_leader_writes_nothing_after_the_new_leader_started() {
         )
         .await
         .expect("second ClusterRoleBinding");
-    Api::<RoleBinding>::namespaced(admin.clone(), &release)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": second},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
-                "subjects": subject,
-            }))
-            .expect("binding"),
-        )
-        .await
-        .expect("second RoleBinding");
+    for role in &roles {
+        Api::<RoleBinding>::namespaced(admin.clone(), &release)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": format!("{second}-{role}")},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                    "subjects": subject,
+                }))
+                .expect("binding"),
+            )
+            .await
+            .expect("second RoleBinding");
+    }
     let user_of = |account: &str| format!("system:serviceaccount:{release}:{account}");
     let (user_a, user_b) = (user_of(&chart_account), user_of(&second));
     let kubeconfig_a = scratch.path().join("a.kubeconfig");
