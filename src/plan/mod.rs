@@ -15,6 +15,7 @@ pub mod collector;
 pub mod env;
 pub mod precedence;
 pub mod rollout;
+pub mod sampling;
 pub mod selection;
 
 /// A namespace as planning sees it.
