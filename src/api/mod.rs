@@ -362,8 +362,9 @@ pub struct SamplingSpec {
 
     /// Tail sampling, evaluated in the collector once a trace is complete. With it,
     /// `ratio` and `services` are applied in the collector too, so every error and
-    /// slow trace can be kept. Changing it restarts collector pods, never
-    /// application pods.
+    /// slow trace can be kept. Changing its rules, `ratio` or `services` restarts
+    /// collector pods only; adding or removing it (or changing `head`) changes the
+    /// SDKs' sampler and so restarts application pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail: Option<TailSampling>,
 }
