@@ -33,7 +33,7 @@ fn collector(policy: &str) -> String {
 }
 
 fn endpoint(policy: &str, ns: &str) -> String {
-    format!("http://{policy}-collector.{ns}.svc:4318")
+    format!("http://{policy}-collector.{ns}.svc:4318/v1/traces")
 }
 
 /// The three collector objects of `policy` in `ns`, once all exist.
@@ -242,7 +242,7 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
     // The workload exports to it, and the status says where and how many are ready.
     let want = endpoint(&test, &obs);
     wait_deployment(&client, &apps, "gateway", "exports to the collector", |d| {
-        env_of(d, "gateway").get("OTEL_EXPORTER_OTLP_ENDPOINT") == Some(&want)
+        env_of(d, "gateway").get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == Some(&want)
     })
     .await;
     let p = wait_policy(
@@ -403,7 +403,7 @@ async fn per_namespace_placement_runs_one_collector_in_each_selected_namespace()
             ns,
             "auth",
             "exports to its namespace's collector",
-            |d| env_of(d, "auth").get("OTEL_EXPORTER_OTLP_ENDPOINT") == Some(&want),
+            |d| env_of(d, "auth").get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == Some(&want),
         )
         .await;
     }
@@ -537,7 +537,7 @@ async fn a_missing_headers_secret_degrades_and_touches_no_workload_until_it_exis
     assert_eq!(from_secret, [(secret.to_string(), "x-api-key".to_string())]);
     let want = endpoint(&test, &obs);
     wait_deployment(&client, &apps, "socket", "exports to the collector", |d| {
-        env_of(d, "socket").get("OTEL_EXPORTER_OTLP_ENDPOINT") == Some(&want)
+        env_of(d, "socket").get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == Some(&want)
     })
     .await;
     wait_policy(&client, &test, "no longer Degraded", |p| {
@@ -578,7 +578,7 @@ async fn turning_the_collector_off_deletes_it_and_workloads_export_to_the_backen
     collector_objects(&client, &test, &obs).await;
     let to_collector = endpoint(&test, &obs);
     wait_deployment(&client, &apps, "gateway", "exports to the collector", |d| {
-        env_of(d, "gateway").get("OTEL_EXPORTER_OTLP_ENDPOINT") == Some(&to_collector)
+        env_of(d, "gateway").get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == Some(&to_collector)
     })
     .await;
 
@@ -592,7 +592,7 @@ async fn turning_the_collector_off_deletes_it_and_workloads_export_to_the_backen
         "exports straight to the backend",
         |d| {
             env_of(d, "gateway")
-                .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .map(String::as_str)
                 == Some(BACKEND)
         },
@@ -600,7 +600,7 @@ async fn turning_the_collector_off_deletes_it_and_workloads_export_to_the_backen
     .await;
     assert_eq!(
         env_of(&d, "gateway")
-            .get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .map(String::as_str),
         Some("grpc")
     );

@@ -65,10 +65,45 @@ backends: [{name: tempo, type: tempo, endpoint: "http://tempo:4317"}]
 sampling:
   ratio: 0.1
   services: [{name: auth, ratio: 1.0}]
-  tail: {keepErrors: true, slowerThan: 500ms, ratio: 0.1}
+  tail: {keepErrors: true, slowerThan: 500ms}
 collector: {placement: Central, namespace: observability, replicas: 1}
 backends:
   - {name: jaeger, type: jaeger, endpoint: "http://jaeger-collector.observability.svc:4317", protocol: grpc, tls: {insecure: true}}
+"#,
+        secrets: &[],
+        workload_namespace: "caas-gateway",
+    },
+    Case {
+        name: "deprecated-tail-ratio",
+        spec: r#"
+sampling:
+  ratio: 0.1
+  services: [{name: auth, ratio: 1.0}]
+  tail: {keepErrors: true, slowerThan: 500ms, ratio: 0.1}
+backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
+"#,
+        secrets: &[],
+        workload_namespace: "caas-gateway",
+    },
+    Case {
+        name: "head-ratio-service-shares-odd-names-sized",
+        spec: r#"
+sampling:
+  ratio: 0.05
+  head: {ratio: 0.25}
+  services: [{name: auth, ratio: 1.0}, {name: batch, ratio: 0.1}, {name: muted, ratio: 0}, {name: 'we"ird\name', ratio: 0.5}]
+  tail: {keepErrors: true, slowerThan: 90s, expectedTracesPerSecond: 25000}
+collector: {resources: {limits: {memory: 3Gi}}}
+backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
+"#,
+        secrets: &[],
+        workload_namespace: "caas-gateway",
+    },
+    Case {
+        name: "tail-keeps-nothing-but-the-processor-is-valid",
+        spec: r#"
+sampling: {ratio: 0, tail: {keepErrors: false, ratio: 0.5}}
+backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
 "#,
         secrets: &[],
         workload_namespace: "caas-gateway",
@@ -237,4 +272,233 @@ fn collector_validate_rejects_broken_configs() -> anyhow::Result<()> {
         assert!(!out.status.success(), "{name} passed validate");
     }
     Ok(())
+}
+
+/// An OTLP/JSON POST to the collector's HTTP receiver; the status it answers.
+fn post_traces(port: u16, body: &serde_json::Value) -> anyhow::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let body = serde_json::to_vec(body)?;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "POST /v1/traces HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status in {reply:?}"))
+}
+
+/// One span of `service` in OTLP/JSON; a root span when `parent` is `None`.
+fn span(
+    service: &str,
+    trace: &str,
+    id: &str,
+    parent: Option<&str>,
+    error: bool,
+) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let mut s = serde_json::json!({
+        "traceId": trace, "spanId": id, "name": "op", "kind": 2,
+        "startTimeUnixNano": (now - 5_000_000).to_string(), "endTimeUnixNano": now.to_string(),
+    });
+    if let Some(p) = parent {
+        s["parentSpanId"] = p.into();
+    }
+    if error {
+        s["status"] = serde_json::json!({"code": 2});
+    }
+    serde_json::json!({
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeSpans": [{"scope": {"name": "test"}, "spans": [s]}],
+    })
+}
+
+/// The rules as the real collector applies them, with shares of 0 and 1 so the
+/// outcome is exact. Each kind of trace comes in a distinct power-of-two count,
+/// so the number the collector keeps names exactly which kinds it kept. Then
+/// spans sent after the decision follow it through the decision cache.
+#[test]
+fn the_real_collector_keeps_by_root_service_errors_and_not_by_participation() -> anyhow::Result<()>
+{
+    use tracing_operator::plan::collector::metrics;
+    let otelcol = support::otelcol()?;
+    let scratch = support::Scratch::new("collector-rules")?;
+    // Nothing ordinary is kept; every trace rooted in `entry` is; errors are.
+    let spec: TracingPolicySpec = serde_saphyr::from_str(
+        r#"
+sampling:
+  ratio: 0
+  services: [{name: entry, ratio: 1.0}, {name: auth, ratio: 1.0}]
+  tail: {keepErrors: true}
+backends: [{name: sink, type: otlp, endpoint: "http://127.0.0.1:9", protocol: http}]
+"#,
+    )?;
+    let plan = plan_collector(&CollectorInput {
+        policy: "rules",
+        spec: &spec,
+        namespace: "observability",
+        header_secret_keys: &HeaderSecretKeys::new(),
+        owner: None,
+    })?;
+    let (http, grpc, health, metrics_port) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
+    let mut c: serde_json::Value = serde_saphyr::from_str(&plan.config_yaml)?;
+    c["receivers"]["otlp"]["protocols"]["http"]["endpoint"] = format!("127.0.0.1:{http}").into();
+    c["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] = format!("127.0.0.1:{grpc}").into();
+    c["extensions"]["health_check"]["endpoint"] = format!("127.0.0.1:{health}").into();
+    let prom =
+        &mut c["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"];
+    prom["host"] = "127.0.0.1".into();
+    prom["port"] = metrics_port.into();
+    // Only to keep the test short; every other setting is the generated one.
+    c["processors"]["tail_sampling"]["decision_wait"] = "2s".into();
+    let config = scratch.path().join("collector.yaml");
+    std::fs::write(&config, serde_saphyr::to_string(&c)?)?;
+    let log = scratch.path().join("collector.log");
+    let mut collector = std::process::Command::new(&otelcol)
+        .arg(format!("--config={}", config.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let result = (|| -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        while !support::http_get(health, "/").is_ok_and(|(s, _, _)| s == 200) {
+            anyhow::ensure!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "collector not healthy\n{}",
+                support::log_tail("collector", &log)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut n = 0u64;
+        let mut ids = |prefix: &str| {
+            n += 1;
+            (
+                format!("{prefix}{n:030x}"),
+                format!("{n:015x}a"),
+                format!("{n:015x}b"),
+            )
+        };
+        // (kind, count, kept)
+        let kinds: [(&str, usize, bool); 6] = [
+            ("rooted in a listed service", 1, true),
+            ("rooted elsewhere", 2, false),
+            ("rooted elsewhere, calling the listed services", 4, false),
+            ("rooted elsewhere, an error below the root", 8, true),
+            ("rootless, listed services only", 16, false),
+            ("rootless, an error", 32, true),
+        ];
+        let mut batch = Vec::new();
+        let mut late = Vec::new();
+        for (kind, count, _) in kinds {
+            for _ in 0..count {
+                let (t, root, child) = ids("ab");
+                let spans = match kind {
+                    "rooted in a listed service" => vec![span("entry", &t, &root, None, false)],
+                    "rooted elsewhere" => vec![span("gateway", &t, &root, None, false)],
+                    "rooted elsewhere, calling the listed services" => vec![
+                        span("gateway", &t, &root, None, false),
+                        span("auth", &t, &child, Some(&root), false),
+                        span("entry", &t, &format!("{child}0")[1..], Some(&child), false),
+                    ],
+                    "rooted elsewhere, an error below the root" => vec![
+                        span("gateway", &t, &root, None, false),
+                        span("worker", &t, &child, Some(&root), true),
+                    ],
+                    "rootless, listed services only" => {
+                        vec![span("auth", &t, &child, Some(&root), false)]
+                    }
+                    _ => vec![span("worker", &t, &child, Some(&root), true)],
+                };
+                batch.extend(spans);
+                late.push((kind, t, root));
+            }
+        }
+        let status = post_traces(http, &serde_json::json!({"resourceSpans": batch}))?;
+        anyhow::ensure!(status == 200, "collector answered {status}");
+
+        let stats = || -> anyhow::Result<metrics::TailStats> {
+            let (status, _, body) = support::http_get(metrics_port, "/metrics")?;
+            anyhow::ensure!(status == 200, "GET /metrics: {status}");
+            Ok(metrics::parse(&body))
+        };
+        let start = std::time::Instant::now();
+        let mut s = stats()?;
+        while s.traces_sampled + s.traces_not_sampled < 63 {
+            anyhow::ensure!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "no decisions in time: {s:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            s = stats()?;
+        }
+        let want: u64 = kinds
+            .iter()
+            .filter(|(_, _, kept)| *kept)
+            .map(|(_, count, _)| *count as u64)
+            .sum();
+        eprintln!(
+            "kept {} of 63 traces (want {want}: {}), dropped too early {}",
+            s.traces_sampled,
+            kinds
+                .iter()
+                .filter(|(_, _, kept)| *kept)
+                .map(|(k, _, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.traces_dropped_too_early
+        );
+        anyhow::ensure!(
+            s.traces_sampled == want,
+            "kept {} traces, want {want}: the sum names the kinds that were kept",
+            s.traces_sampled
+        );
+        anyhow::ensure!(s.traces_not_sampled == 63 - want);
+        anyhow::ensure!(s.traces_dropped_too_early == 0 && s.policy_evaluation_errors == 0);
+
+        // A span arriving after the decision: a late child of every trace.
+        let batch: Vec<serde_json::Value> = late
+            .iter()
+            .map(|(_, t, root)| span("late", t, "00000000000000ff", Some(root), false))
+            .collect();
+        let status = post_traces(http, &serde_json::json!({"resourceSpans": batch}))?;
+        anyhow::ensure!(status == 200, "collector answered {status}");
+        let start = std::time::Instant::now();
+        let mut s = stats()?;
+        while s.late_spans_kept + s.late_spans_dropped < 63 {
+            anyhow::ensure!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "late spans not seen: {s:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            s = stats()?;
+        }
+        eprintln!(
+            "late spans: {} followed a keep decision, {} a drop decision",
+            s.late_spans_kept, s.late_spans_dropped
+        );
+        anyhow::ensure!(s.late_spans_kept == want && s.late_spans_dropped == 63 - want);
+        anyhow::ensure!(
+            s.traces_received == 63,
+            "the late spans made new traces: {s:?}"
+        );
+        Ok(())
+    })();
+    let _ = collector.kill();
+    let _ = collector.wait();
+    result.map_err(|e| anyhow::anyhow!("{e}\n{}", support::log_tail("collector", &log)))
 }

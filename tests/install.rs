@@ -609,7 +609,8 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
         Some("otlp")
     );
     assert_eq!(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(String::as_str),
+        env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .map(String::as_str),
         Some("http://jaeger.observability.svc:4317")
     );
     wait_policy_ready(&admin, &policy_name).await;
@@ -959,7 +960,7 @@ async fn example_policy_reconciles(
     );
     assert_eq!(env.get("NODE_ENV").map(String::as_str), Some("production"));
     let endpoint = env
-        .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .cloned()
         .unwrap_or_default();
     assert!(

@@ -72,7 +72,7 @@ pub const FINALIZER: &str = "tracing.caas.io/cleanup";
     status = "TracingPolicyStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Workloads","type":"string","description":"Workloads up to date / selected","jsonPath":".status.workloads.summary"}"#,
-    printcolumn = r#"{"name":"Sampling","type":"string","description":"Default head-sampling ratio","jsonPath":".status.sampling"}"#,
+    printcolumn = r#"{"name":"Sampling","type":"string","description":"What is kept: the head ratio, or the tail rules and shares","jsonPath":".status.sampling"}"#,
     printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backends"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter) of at most 48 characters: it names the policy's collector objects"),
@@ -108,7 +108,8 @@ pub struct TracingPolicySpec {
     #[schemars(length(min = 1, max = 8))]
     pub propagators: Vec<Propagator>,
 
-    /// Head sampling in the SDKs and tail sampling in the collector.
+    /// Which traces are kept: head sampling in the SDKs, and with `tail` the
+    /// collector's rules and shares.
     #[serde(default)]
     pub sampling: SamplingSpec,
 
@@ -278,12 +279,45 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub version_from_image_tag: bool,
 
-    /// Resource attributes taken from each workload's namespace labels: the key is the
-    /// attribute, the value the label name. A namespace without the label adds nothing.
+    /// Namespace labels copied into each workload's resource attributes under the
+    /// semantic-convention name `k8s.namespace.label.<label>`, for example
+    /// `caas.io/tenant` becomes `k8s.namespace.label.caas.io/tenant`; names that no
+    /// application's own span attribute uses. A namespace without the label adds nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub namespace_labels: Vec<LabelKey>,
+
+    /// Resource attributes taken from each workload's namespace labels under a name
+    /// of your choice: the key is the attribute, the value the label name. Pick a
+    /// name no span attribute of your services uses (or use `namespaceLabels`). A
+    /// namespace without the label adds nothing.
     #[serde(default)]
     #[schemars(extend("maxProperties" = 16))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9_.-]+$') && k.size() <= 128)").message("resource attribute keys use only letters, digits, '_', '.' and '-', at most 128 characters"))]
     pub attributes_from_namespace_labels: BTreeMap<String, String>,
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of
+/// at most 63 letters, digits, `-`, `_` and `.`.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct LabelKey(
+    #[schemars(
+        length(min = 1, max = 317),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+        )
+    )]
+    pub String,
+);
+
+impl LabelKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Trace-context propagators understood by the OpenTelemetry SDKs.
@@ -315,28 +349,46 @@ impl Propagator {
     }
 }
 
-/// Head sampling (in each application's SDK) and tail sampling (in the collector).
+/// Which traces are kept, and where that is decided: in each application's SDK
+/// (head sampling, before anything is known about a trace) or, with `tail`, in
+/// the collector once a trace is complete.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.head) || has(self.tail)").message("sampling.head needs sampling.tail: without tail rules, sampling.ratio and sampling.services are the head ratios").field_path(".head"))]
 pub struct SamplingSpec {
-    /// Share of new traces an application starts sampling, 0 to 1.
+    /// Share of ordinary traces kept end to end, 0 to 1. Ordinary: not kept by a
+    /// tail rule (error, slow) and not started by a service listed in `services`.
+    /// With `tail`, the collector applies it; without, each application's SDK
+    /// samples this share of the traces it starts.
     #[serde(default = "default_ratio")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub ratio: f64,
 
-    /// Follow the caller's sampling decision when there is one
-    /// (`parentbased_traceidratio`); false uses `traceidratio`.
+    /// Follow the caller's sampling decision when there is one (`parentbased_*`
+    /// samplers); false makes every service decide for itself.
     #[serde(default = "default_true")]
     pub parent_based: bool,
 
-    /// Per-service head-sampling ratios; a service is matched by its `service.name`.
+    /// Shares per service, matched by its `service.name`. With `tail`: the share of
+    /// the traces that service starts (whose root span it emits) that the collector
+    /// keeps; a service that only serves calls gains nothing from an entry. Without
+    /// `tail`: the service's head ratio, which likewise acts only on the traces it
+    /// starts, since a called service follows its caller's decision.
     #[serde(default)]
     #[schemars(length(max = 256))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub services: Vec<ServiceSampling>,
 
-    /// Tail sampling, evaluated in the collector once a trace is complete. Changing
-    /// it restarts collector pods, never application pods.
+    /// Head sampling when `tail` is set: how many traces the applications record
+    /// and send to the collector at all. Default: every trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadSampling>,
+
+    /// Tail sampling, evaluated in the collector once a trace is complete. With it,
+    /// `ratio` and `services` are applied in the collector too, so every error and
+    /// slow trace can be kept. Changing its rules, `ratio` or `services` restarts
+    /// collector pods only; adding or removing it (or changing `head`) changes the
+    /// SDKs' sampler and so restarts application pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail: Option<TailSampling>,
 }
@@ -347,26 +399,41 @@ impl Default for SamplingSpec {
             ratio: default_ratio(),
             parent_based: true,
             services: Vec::new(),
+            head: None,
             tail: None,
         }
     }
 }
 
-/// A head-sampling ratio for one service.
+/// A share for one service.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct ServiceSampling {
     /// The service's `service.name`.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Share of this service's new traces that are sampled, 0 to 1.
+    /// Share of the traces this service starts that are kept, 0 to 1.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub ratio: f64,
 }
 
-/// Tail-sampling rules run by the collector. A trace is kept when any rule keeps it.
+/// The SDKs' share of new traces when the collector samples by tail rules.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct HeadSampling {
+    /// Share of new traces each application records and sends, 0 to 1 (default 1).
+    /// Below 1 it cuts the spans the collector receives, and errors and slow
+    /// traces outside that share are lost. A service listed in
+    /// `sampling.services` records at least its own ratio.
+    #[serde(default = "default_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: f64,
+}
+
+/// Tail-sampling rules run by the collector. A trace is kept when any rule keeps
+/// it: an error, a slow trace, its root service's share from `sampling.services`,
+/// or else `sampling.ratio`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.keepErrors || has(self.slowerThan) || has(self.ratio)").message("tail needs at least one rule: keepErrors, slowerThan or ratio"))]
+#[x_kube(validation = Rule::new("self.keepErrors || has(self.slowerThan) || has(self.ratio)").message("tail needs keepErrors or slowerThan (sampling.ratio and sampling.services apply in the collector once tail is set)"))]
 pub struct TailSampling {
     /// Keep every trace that has a span with status ERROR.
     #[serde(default = "default_true")]
@@ -376,10 +443,26 @@ pub struct TailSampling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slower_than: Option<Duration>,
 
-    /// Share of the remaining traces kept, 0 to 1.
+    /// Deprecated: write the share of ordinary traces into `sampling.ratio`. When
+    /// set, the collector keeps `sampling.ratio × tail.ratio` of ordinary traces,
+    /// what such a policy kept before, and the policy's status says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub ratio: Option<f64>,
+
+    /// New traces per second the collector should be ready for, summed over all
+    /// services, before sampling. It sizes the traces held while their spans
+    /// arrive (`num_traces`: twice this rate times the decision wait) and the
+    /// decisions remembered for late spans (this rate times 120 s). Traces beyond
+    /// it are decided early, on the spans that have arrived.
+    #[serde(default = "default_expected_traces_per_second")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub expected_traces_per_second: u32,
+}
+
+/// What the collector is sized for when `expectedTracesPerSecond` is not set.
+pub fn default_expected_traces_per_second() -> u32 {
+    1000
 }
 
 /// A duration in Go notation: a sequence of numbers with units ns, us, ms, s, m, h,
@@ -669,7 +752,8 @@ pub struct TracingPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector: Option<CollectorStatus>,
 
-    /// Default head-sampling ratio and tail rules, for `kubectl get`.
+    /// What is kept (the head ratio, or the tail rules and the shares the collector
+    /// applies), for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<String>,
 

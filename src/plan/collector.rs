@@ -5,24 +5,20 @@
 //! (which Secrets exist and the *names* of their keys, never their values) and
 //! passes it in; this module returns values to apply.
 //!
-//! # Sampling: how head and tail combine
-//! Head sampling runs first, in each application's SDK (`sampling.ratio`, or a
-//! service's own ratio from `sampling.services`). Only head-sampled traces reach
-//! the collector, so the tail rules see those and nothing else. The tail keeps a
-//! trace when any rule keeps it:
-//! - `keepErrors`: a `status_code` policy for `ERROR`;
-//! - `slowerThan`: a `latency` policy (trace duration strictly above the threshold);
-//! - every service listed in `sampling.services` with a ratio above 0: a
-//!   `string_attribute` policy on `service.name`. A per-service ratio is the
-//!   user's explicit share for that service, already applied by its SDK, so the
-//!   collector keeps every trace that service appears in instead of thinning it a
-//!   second time with the tail ratio;
-//! - `ratio`: a `probabilistic` policy for the remaining traces.
+//! # Sampling
+//! What is decided where, and how the tail processor is sized, is
+//! [`super::sampling`]'s; this module renders its [`TailPlan`] into
+//! `tail_sampling` policies:
+//! - errors: `status_code` ERROR; slow traces: `latency`;
+//! - "rooted in S": an `ottl_condition` on the root span,
+//!   `IsRootSpan() and resource.attributes["service.name"] == "S"`, and
+//!   "rooted outside the listed services" the same with `!=`;
+//! - "rootless": `not` of `IsRootSpan()` (no span of the trace is a root);
+//! - a share below 1: an `and` of the match and a `probabilistic` policy.
 //!
-//! A normal trace of an unlisted service is therefore kept with probability
-//! `sampling.ratio × tail.ratio`, one of a listed service with its own ratio, and
-//! an error or slow trace with its head ratio. To keep *every* error and slow
-//! request, set `sampling.ratio: 1` and let `tail.ratio` choose the share of the rest.
+//! The probabilistic policies all hash the trace ID the same way; that is
+//! harmless because the rules that carry one match disjoint sets of traces
+//! (each trace has one root service, or none).
 //!
 //! Tail sampling needs all spans of a trace in one collector process: with
 //! `replicas > 1` a Service spreads a trace's spans across replicas and the tail
@@ -44,10 +40,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::sampling::{SamplingError, TailMatch, TailPlan, TailRule};
 use super::{COLLECTOR_OTLP_GRPC_PORT, COLLECTOR_OTLP_HTTP_PORT, collector_name};
-use crate::api::{
-    Backend, CONFIG_HASH_ANNOTATION, POLICY_ANNOTATION, Protocol, TailSampling, TracingPolicySpec,
-};
+use crate::api::{Backend, CONFIG_HASH_ANNOTATION, POLICY_ANNOTATION, Protocol, TracingPolicySpec};
 
 /// Collector release of the default image. `testbed/collector/manifest.yaml`
 /// builds the test collector from the same release, so what the tests validate
@@ -76,12 +71,6 @@ pub const CONTAINER_NAME: &str = "otel-collector";
 pub const RUN_AS_USER: i64 = 10001;
 /// Prefix of the variables that carry backend headers from Secrets.
 pub const HEADER_ENV_PREFIX: &str = "TRACING_OPERATOR_HEADER_";
-/// Traces held in memory while the tail sampler waits for them to complete.
-pub const TAIL_NUM_TRACES: u64 = 50_000;
-/// Shortest tail-sampling `decision_wait`; longer when `slowerThan` asks for it.
-pub const MIN_DECISION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Longest `decision_wait`, to bound the memory of traces waiting for a decision.
-pub const MAX_DECISION_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Names of the keys (never the values) of each `headersSecretRef` Secret that
 /// exists in the collector's namespace, by Secret name. The controller reads them
@@ -137,6 +126,14 @@ pub enum CollectorError {
     InvalidDuration(String),
     #[error("rendering the collector configuration: {0}")]
     Render(String),
+}
+
+impl From<SamplingError> for CollectorError {
+    fn from(error: SamplingError) -> Self {
+        match error {
+            SamplingError::InvalidDuration(message) => CollectorError::InvalidDuration(message),
+        }
+    }
 }
 
 /// A Secret the collector of a policy reads, so the controller can check that it
@@ -253,13 +250,15 @@ pub struct Processors {
     pub batch: Batch,
 }
 
-/// Refuses data before the container's memory limit is hit (percentages of the
-/// cgroup limit, so it follows `collector.resources`).
+/// Refuses data before the container's memory limit is hit: `limit_mib` and
+/// `spike_limit_mib` from the container's limit (see
+/// [`super::sampling::memory_limits`]), so it works the same with or without a
+/// cgroup limit the collector can detect.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct MemoryLimiter {
     pub check_interval: String,
-    pub limit_percentage: u32,
-    pub spike_limit_percentage: u32,
+    pub limit_mib: u64,
+    pub spike_limit_mib: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -273,10 +272,20 @@ pub struct Batch {
 pub struct TailSamplingConfig {
     pub decision_wait: String,
     pub num_traces: u64,
+    pub expected_new_traces_per_sec: u64,
+    pub decision_cache: DecisionCache,
     pub policies: Vec<TailPolicy>,
 }
 
-/// One tail-sampling policy; exactly one of the option fields is set, matching `type`.
+/// Decisions remembered after a trace left memory, so late spans follow them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DecisionCache {
+    pub sampled_cache_size: u64,
+    pub non_sampled_cache_size: u64,
+}
+
+/// One tail-sampling policy (or sub-policy of `and` / `not`); exactly one of the
+/// option fields is set, matching `type`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TailPolicy {
     pub name: String,
@@ -287,9 +296,13 @@ pub struct TailPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub string_attribute: Option<StringAttributePolicy>,
+    pub ottl_condition: Option<OttlConditionPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probabilistic: Option<ProbabilisticPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub and: Option<AndPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<NotPolicy>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -302,15 +315,27 @@ pub struct LatencyPolicy {
     pub threshold_ms: i64,
 }
 
+/// Matches a trace when any of its spans satisfies one of `span`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct StringAttributePolicy {
-    pub key: String,
-    pub values: Vec<String>,
+pub struct OttlConditionPolicy {
+    /// `ignore`: a condition that cannot be evaluated on a span is false for it.
+    pub error_mode: String,
+    pub span: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ProbabilisticPolicy {
     pub sampling_percentage: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AndPolicy {
+    pub and_sub_policy: Vec<TailPolicy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NotPolicy {
+    pub not_sub_policy: Box<TailPolicy>,
 }
 
 /// An `otlp_grpc` or `otlp_http` exporter (the names of `otlp`/`otlphttp` since
@@ -452,12 +477,8 @@ pub fn collector_config(
         exporters.insert(exporter_id(backend), exporter(backend, headers));
     }
 
-    let tail = spec
-        .sampling
-        .tail
-        .as_ref()
-        .map(|tail| tail_sampling(tail, spec))
-        .transpose()?;
+    let tail = super::sampling::tail_plan(spec)?.map(|plan| tail_sampling(&plan));
+    let memory = super::sampling::memory_limits(spec);
     let mut processors = vec!["memory_limiter".to_string()];
     if tail.is_some() {
         processors.push("tail_sampling".to_string());
@@ -485,8 +506,8 @@ pub fn collector_config(
         processors: Processors {
             memory_limiter: MemoryLimiter {
                 check_interval: "1s".into(),
-                limit_percentage: 80,
-                spike_limit_percentage: 25,
+                limit_mib: memory.limit_mib,
+                spike_limit_mib: memory.spike_limit_mib,
             },
             tail_sampling: tail,
             batch: Batch {
@@ -655,73 +676,118 @@ fn is_header_name(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
-fn tail_sampling(
-    tail: &TailSampling,
-    spec: &TracingPolicySpec,
-) -> Result<TailSamplingConfig, CollectorError> {
-    let empty = |name: &str, kind: &str| TailPolicy {
+fn tail_sampling(plan: &TailPlan) -> TailSamplingConfig {
+    TailSamplingConfig {
+        decision_wait: format!("{}s", plan.decision_wait.as_secs().max(1)),
+        num_traces: plan.num_traces,
+        expected_new_traces_per_sec: plan.expected_new_traces_per_sec,
+        decision_cache: DecisionCache {
+            sampled_cache_size: plan.sampled_cache_size,
+            non_sampled_cache_size: plan.non_sampled_cache_size,
+        },
+        policies: plan.rules.iter().map(tail_policy).collect(),
+    }
+}
+
+fn policy(name: &str, kind: &str) -> TailPolicy {
+    TailPolicy {
         name: name.to_string(),
         kind: kind.to_string(),
         status_code: None,
         latency: None,
-        string_attribute: None,
+        ottl_condition: None,
         probabilistic: None,
-    };
-    let mut policies = Vec::new();
-    if tail.keep_errors {
-        policies.push(TailPolicy {
+        and: None,
+        not: None,
+    }
+}
+
+/// `ottl_condition` on the spans of a trace.
+fn ottl(name: &str, condition: String) -> TailPolicy {
+    TailPolicy {
+        ottl_condition: Some(OttlConditionPolicy {
+            error_mode: "ignore".into(),
+            span: vec![condition],
+        }),
+        ..policy(name, "ottl_condition")
+    }
+}
+
+/// An OTTL string literal.
+fn ottl_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn service_name_is(op: &str, service: &str) -> String {
+    format!(
+        "resource.attributes[\"service.name\"] {op} {}",
+        ottl_string(service)
+    )
+}
+
+/// The policy that matches the traces of `matches`, all of them.
+fn match_policy(name: &str, matches: &TailMatch) -> TailPolicy {
+    match matches {
+        TailMatch::Errors => TailPolicy {
             status_code: Some(StatusCodePolicy {
                 status_codes: vec!["ERROR".into()],
             }),
-            ..empty("keep-errors", "status_code")
-        });
-    }
-    let mut decision_wait = MIN_DECISION_WAIT;
-    if let Some(slower) = &tail.slower_than {
-        let threshold = slower.to_std().map_err(CollectorError::InvalidDuration)?;
-        // A slow trace's last spans arrive about `threshold` after its first ones.
-        decision_wait = decision_wait.max(threshold.saturating_mul(2));
-        policies.push(TailPolicy {
+            ..policy(name, "status_code")
+        },
+        TailMatch::SlowerThan(threshold) => TailPolicy {
             latency: Some(LatencyPolicy {
                 threshold_ms: i64::try_from(threshold.as_millis()).unwrap_or(i64::MAX),
             }),
-            ..empty("slower-than", "latency")
-        });
-    }
-    let services: Vec<String> = spec
-        .sampling
-        .services
-        .iter()
-        .filter(|s| s.ratio > 0.0)
-        .map(|s| s.name.clone())
-        .collect();
-    if !services.is_empty() {
-        policies.push(TailPolicy {
-            string_attribute: Some(StringAttributePolicy {
-                key: "service.name".into(),
-                values: services,
+            ..policy(name, "latency")
+        },
+        TailMatch::RootedIn(services) => {
+            let names: Vec<String> = services.iter().map(|s| service_name_is("==", s)).collect();
+            ottl(name, format!("IsRootSpan() and ({})", names.join(" or ")))
+        }
+        TailMatch::RootedOutside(services) => {
+            let mut condition = "IsRootSpan()".to_string();
+            for s in services {
+                condition.push_str(" and ");
+                condition.push_str(&service_name_is("!=", s));
+            }
+            ottl(name, condition)
+        }
+        TailMatch::Rootless => TailPolicy {
+            not: Some(NotPolicy {
+                not_sub_policy: Box::new(ottl(&format!("{name}/root"), "IsRootSpan()".into())),
             }),
-            ..empty("per-service-ratios", "string_attribute")
-        });
+            ..policy(name, "not")
+        },
+        TailMatch::Any => policy(name, "always_sample"),
     }
-    // With no other rule left, an explicit 0 % keeps the processor valid and says
-    // what happens: nothing else is kept.
-    if tail.ratio.is_some() || policies.is_empty() {
-        let ratio = tail.ratio.unwrap_or(0.0).clamp(0.0, 1.0);
-        policies.push(TailPolicy {
-            probabilistic: Some(ProbabilisticPolicy {
-                // Rounded so that 0.1 renders as 10.0, not 10.000000000000002.
-                sampling_percentage: (ratio * 100.0 * 1e6).round() / 1e6,
-            }),
-            ..empty("ratio", "probabilistic")
-        });
+}
+
+fn probabilistic(name: &str, share: f64) -> TailPolicy {
+    TailPolicy {
+        probabilistic: Some(ProbabilisticPolicy {
+            // Rounded so that 0.1 renders as 10.0, not 10.000000000000002.
+            sampling_percentage: (share * 100.0 * 1e6).round() / 1e6,
+        }),
+        ..policy(name, "probabilistic")
     }
-    let decision_wait = decision_wait.min(MAX_DECISION_WAIT);
-    Ok(TailSamplingConfig {
-        decision_wait: format!("{}s", decision_wait.as_secs().max(1)),
-        num_traces: TAIL_NUM_TRACES,
-        policies,
-    })
+}
+
+fn tail_policy(rule: &TailRule) -> TailPolicy {
+    if rule.share >= 1.0 {
+        return match_policy(&rule.name, &rule.matches);
+    }
+    if rule.matches == TailMatch::Any {
+        return probabilistic(&rule.name, rule.share);
+    }
+    TailPolicy {
+        and: Some(AndPolicy {
+            and_sub_policy: vec![
+                match_policy(&format!("{}/match", rule.name), &rule.matches),
+                probabilistic(&format!("{}/share", rule.name), rule.share),
+            ],
+        }),
+        ..policy(&rule.name, "and")
+    }
 }
 
 /// Requests and limits when `collector.resources` does not say: enough for a few
@@ -951,6 +1017,8 @@ fn service(policy: &str, meta: ObjectMeta) -> Service {
         status: None,
     }
 }
+
+pub mod metrics;
 
 #[cfg(test)]
 mod tests;

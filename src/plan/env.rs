@@ -12,7 +12,7 @@
 //!
 //! Rules this module decides (the tests pin them):
 //! - Order: the two downward-API helpers first, then `OTEL_SERVICE_NAME`,
-//!   `OTEL_RESOURCE_ATTRIBUTES`, exporter, propagators, sampler, then the policy's
+//!   `OTEL_RESOURCE_ATTRIBUTES`, exporters, propagators, sampler, then the policy's
 //!   `env` templates in spec order. Kubernetes resolves `$(VAR)` only against
 //!   entries that come earlier in the list, hence the helpers first.
 //! - `OTEL_RESOURCE_ATTRIBUTES` holds `service.version` (when there is one), then
@@ -24,9 +24,10 @@
 //!   overridden. `service.version` and `deployment.environment.name` may have no
 //!   value (no label, no tag; no `service.environment`); then an attribute of the
 //!   same key from the policy or a namespace label fills them. `service.name` is
-//!   never taken from attributes: `OTEL_SERVICE_NAME` defines it. Between the two
+//!   never taken from attributes: `OTEL_SERVICE_NAME` defines it. Among the
 //!   sources of extra attributes, `service.resourceAttributes` wins over
-//!   `service.attributesFromNamespaceLabels`.
+//!   `service.attributesFromNamespaceLabels`, which wins over
+//!   `service.namespaceLabels` (`k8s.namespace.label.<label>`).
 //! - The `env` templates see the values that went into `OTEL_RESOURCE_ATTRIBUTES`;
 //!   a missing one is `""`.
 //! - Values in `OTEL_RESOURCE_ATTRIBUTES` are percent-encoded (W3C baggage
@@ -58,8 +59,18 @@ pub const NODE_NAME_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES_NODE_NAME";
 pub const VERSION_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES_SERVICE_VERSION";
 pub const SERVICE_NAME_VAR: &str = "OTEL_SERVICE_NAME";
 pub const RESOURCE_ATTRIBUTES_VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
-pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+// The signal-specific endpoint and protocol: the operator delivers traces only,
+// so it claims only the traces variables. An application that exports its own
+// metrics or logs over OTLP keeps its `OTEL_EXPORTER_OTLP_ENDPOINT` for them
+// (the generic one would send them to a collector with no such pipeline), and
+// such a variable does not divert the traces. Every SDK and agent reads these
+// (Node, Java, Python, Go, Rust, .NET); an http endpoint must name `/v1/traces`.
+pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// `none`: the collector has a traces pipeline only, and SDKs that default to
+/// OTLP metrics and logs (NodeSDK) would log a failed export every minute.
+pub const METRICS_EXPORTER_VAR: &str = "OTEL_METRICS_EXPORTER";
+pub const LOGS_EXPORTER_VAR: &str = "OTEL_LOGS_EXPORTER";
 pub const TRACES_EXPORTER_VAR: &str = "OTEL_TRACES_EXPORTER";
 pub const PROPAGATORS_VAR: &str = "OTEL_PROPAGATORS";
 pub const SAMPLER_VAR: &str = "OTEL_TRACES_SAMPLER";
@@ -152,14 +163,22 @@ pub fn image_tag(image: &str) -> Option<&str> {
         .filter(|tag| !tag.is_empty())
 }
 
-/// The head-sampling ratio of `service`: its `sampling.services[]` entry, else `sampling.ratio`.
+/// The head-sampling ratio of `service` (see [`super::sampling::head_ratio`]).
 pub fn sampler_ratio(policy: &PolicyView, service: &str) -> f64 {
-    let sampling = &policy.spec.sampling;
-    sampling
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .map_or(sampling.ratio, |s| s.ratio)
+    super::sampling::head_ratio(&policy.spec, service)
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` of `target`: over http the full URL of
+/// the traces path (appended unless the URL already ends in it), over gRPC as is.
+pub fn traces_endpoint(target: &super::ExportTarget) -> String {
+    let base = target.endpoint.trim_end_matches('/');
+    if target.protocol == crate::api::Protocol::Grpc.otel_env_value()
+        || base.ends_with("/v1/traces")
+    {
+        target.endpoint.clone()
+    } else {
+        format!("{base}/v1/traces")
+    }
 }
 
 /// Shortest decimal that reads back as the same ratio (`0.1`, `1`, `0.25`), never
@@ -247,6 +266,14 @@ fn extra_attributes(
     let service = &policy.spec.service;
     let mut extra = BTreeMap::new();
     if let Some(ns) = namespace {
+        for label in &service.namespace_labels {
+            if let Some(value) = ns.labels.get(label.as_str()) {
+                extra.insert(
+                    format!("k8s.namespace.label.{}", label.as_str()),
+                    value.clone(),
+                );
+            }
+        }
         for (attribute, label) in &service.attributes_from_namespace_labels {
             if let Some(value) = ns.labels.get(label) {
                 extra.insert(attribute.clone(), value.clone());
@@ -348,11 +375,7 @@ pub fn plan_workload<'c>(
 
     let target = export_target(&policy.name, spec, operator_namespace, ns);
     let propagators: Vec<&str> = spec.propagators.iter().map(|p| p.as_str()).collect();
-    let sampler = if spec.sampling.parent_based {
-        "parentbased_traceidratio"
-    } else {
-        "traceidratio"
-    };
+    let sampler = super::sampling::head_sampler(spec, &service);
     let mut vars = vec![
         PlannedVar {
             name: POD_NAME_VAR.into(),
@@ -367,16 +390,17 @@ pub fn plan_workload<'c>(
             name: RESOURCE_ATTRIBUTES_VAR.into(),
             value: PlannedValue::Attributes(attributes.join(",")),
         },
-        literal(ENDPOINT_VAR, target.endpoint),
+        literal(ENDPOINT_VAR, traces_endpoint(&target)),
         literal(PROTOCOL_VAR, target.protocol.to_string()),
         literal(TRACES_EXPORTER_VAR, "otlp".to_string()),
+        literal(METRICS_EXPORTER_VAR, "none".to_string()),
+        literal(LOGS_EXPORTER_VAR, "none".to_string()),
         literal(PROPAGATORS_VAR, propagators.join(",")),
-        literal(SAMPLER_VAR, sampler.to_string()),
-        literal(
-            SAMPLER_ARG_VAR,
-            format_ratio(sampler_ratio(policy, &service)),
-        ),
+        literal(SAMPLER_VAR, sampler.sampler.to_string()),
     ];
+    if let Some(ratio) = sampler.ratio {
+        vars.push(literal(SAMPLER_ARG_VAR, format_ratio(ratio)));
+    }
     let template_vars = TemplateVars {
         service_name: &service,
         // Left as the token: each container's own version replaces it.

@@ -17,6 +17,7 @@ pub mod index;
 pub mod injection;
 pub mod precedence;
 pub mod rollout;
+pub mod sampling;
 pub mod selection;
 pub mod status;
 

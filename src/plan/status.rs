@@ -197,7 +197,7 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
     };
 
     let mut conditions = Vec::new();
-    let ready = if dry_run {
+    let mut ready = if dry_run {
         (
             true,
             "DryRun",
@@ -223,6 +223,10 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         }
         (true, "UpToDate", message)
     };
+    let notes = crate::plan::sampling::ready_notes(input.spec);
+    if ready.0 && !notes.is_empty() {
+        ready.2 = format!("{}; {}", ready.2, notes.join("; "));
+    }
     conditions.push(condition(input, "Ready", ready.0, ready.1, ready.2));
     conditions.push(if progressing {
         condition(input, "Progressing", true, "RollingOut", progress.clone())
@@ -339,24 +343,9 @@ fn summarize_overrides(n: i32) -> String {
     }
 }
 
-/// `10%`, `10% +tail(errors,>500ms,10%)`: what `kubectl get tp` shows under SAMPLING.
+/// What `kubectl get tp` shows under SAMPLING (see [`crate::plan::sampling::summary`]).
 pub fn sampling_summary(spec: &TracingPolicySpec) -> String {
-    let pct = |r: f64| format!("{}%", (r * 1000.0).round() / 10.0);
-    let mut s = pct(spec.sampling.ratio);
-    if let Some(tail) = &spec.sampling.tail {
-        let mut rules = Vec::new();
-        if tail.keep_errors {
-            rules.push("errors".to_string());
-        }
-        if let Some(d) = &tail.slower_than {
-            rules.push(format!(">{}", d.0));
-        }
-        if let Some(r) = tail.ratio {
-            rules.push(pct(r));
-        }
-        s.push_str(&format!(" +tail({})", rules.join(",")));
-    }
-    s
+    crate::plan::sampling::summary(spec)
 }
 
 /// A condition that keeps its previous `lastTransitionTime` while its status is unchanged.
@@ -585,9 +574,14 @@ mod tests {
         assert_eq!(first.workloads.user_overrides, 1);
         assert_eq!(first.user_overrides[0].variable, "SERVICE_NAME");
         assert_eq!(first.injection.as_deref(), Some("Admission"));
-        assert_eq!(
-            first.sampling.as_deref(),
-            Some("10% +tail(errors,>500ms,10%)")
+        // The fixture uses the deprecated tail.ratio: 0.1 × 0.1 of ordinary traces.
+        assert_eq!(first.sampling.as_deref(), Some("errors,>500ms,rest 1%"));
+        assert!(
+            get(&first, "Ready")
+                .message
+                .ends_with("; spec.sampling.tail.ratio is deprecated: the collector keeps sampling.ratio × tail.ratio = 0.1 × 0.1 = 1 % of ordinary traces; write sampling.ratio: 0.01 and remove tail.ratio"),
+            "{}",
+            get(&first, "Ready").message
         );
         assert_eq!(first.backends.as_deref(), Some("jaeger"));
         // A later reconcile with nothing changed computes the very same status: no write.

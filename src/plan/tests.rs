@@ -359,10 +359,12 @@ fn two_app_containers_and_an_istio_proxy_get_the_contracts_table() {
                     }
                 )
             ),
-            "OTEL_EXPORTER_OTLP_ENDPOINT=http://caas-production-collector.observability.svc:4318"
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://caas-production-collector.observability.svc:4318/v1/traces"
                 .to_string(),
-            "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf".to_string(),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf".to_string(),
             "OTEL_TRACES_EXPORTER=otlp".to_string(),
+            "OTEL_METRICS_EXPORTER=none".to_string(),
+            "OTEL_LOGS_EXPORTER=none".to_string(),
             "OTEL_PROPAGATORS=tracecontext,baggage".to_string(),
             "OTEL_TRACES_SAMPLER=parentbased_traceidratio".to_string(),
             "OTEL_TRACES_SAMPLER_ARG=0.1".to_string(),
@@ -548,7 +550,7 @@ fn a_variable_the_manifest_sets_wins_and_is_reported() {
         None,
         "the operator never plans the user's other variables"
     );
-    assert_eq!(app.env.len(), 10);
+    assert_eq!(app.env.len(), 12);
     assert!(worker.user_overrides.is_empty());
     assert_eq!(var(worker, "OTEL_SERVICE_NAME"), Some("gateway"));
 }
@@ -569,7 +571,7 @@ fn a_user_resource_attributes_variable_drops_the_helpers_too() {
         render(&app.env)[..2],
         [
             "OTEL_SERVICE_NAME=gateway".to_string(),
-            "OTEL_EXPORTER_OTLP_ENDPOINT=http://caas-production-collector.observability.svc:4318"
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://caas-production-collector.observability.svc:4318/v1/traces"
                 .to_string()
         ]
     );
@@ -680,6 +682,42 @@ fn a_namespace_without_the_label_adds_no_attribute() {
             attrs(name)
         );
     }
+}
+
+#[test]
+fn namespace_labels_become_semantic_convention_attributes() {
+    let p = policy_with(
+        "tenants",
+        1,
+        json!({"service": {
+            "namespaceLabels": ["caas.io/tenant", "tracing.caas.io/enabled", "absent"],
+            // A name the user chose wins over the convention's for the same key.
+            "attributesFromNamespaceLabels": {"k8s.namespace.label.tracing.caas.io/enabled": "caas.io/tenant"},
+        }}),
+    );
+    let plan = plan_of(&p, &[gateway(), legacy()], std::slice::from_ref(&p));
+    let attrs = |name: &str| {
+        var(
+            &applied(&plan, name).containers[0],
+            "OTEL_RESOURCE_ATTRIBUTES",
+        )
+        .unwrap_or_default()
+        .to_string()
+    };
+    assert!(
+        attrs("gateway").ends_with(
+            ",k8s.namespace.label.caas.io/tenant=caas,k8s.namespace.label.tracing.caas.io/enabled=caas,k8s.container.name=app"
+        ),
+        "{}",
+        attrs("gateway")
+    );
+    assert!(!attrs("gateway").contains("absent"));
+    // legacy's namespace has neither label.
+    assert!(
+        !attrs("billing").contains("k8s.namespace.label."),
+        "{}",
+        attrs("billing")
+    );
 }
 
 #[test]
@@ -823,12 +861,134 @@ fn collector_off_exports_to_the_backend_and_propagators_join() {
     );
     let plan = plan_of(&p, &[auth()], std::slice::from_ref(&p));
     let c = &applied(&plan, "auth").containers[0];
+    // gRPC has no path: the endpoint as written.
     assert_eq!(
-        var(c, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        var(c, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
         Some("https://tempo.example:4317")
     );
-    assert_eq!(var(c, "OTEL_EXPORTER_OTLP_PROTOCOL"), Some("grpc"));
+    assert_eq!(var(c, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"), Some("grpc"));
     assert_eq!(var(c, "OTEL_PROPAGATORS"), Some("b3multi,tracecontext"));
+    assert_eq!(var(c, "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
+
+    // Over http the signal-specific endpoint names the traces path, once.
+    let http = |endpoint: &str| {
+        let p = policy_with(
+            "direct",
+            1,
+            json!({
+                "collector": {"enabled": false},
+                "backends": [{"name": "vendor", "type": "otlp", "endpoint": endpoint, "protocol": "http"}],
+            }),
+        );
+        let plan = plan_of(&p, &[auth()], std::slice::from_ref(&p));
+        var(
+            &applied(&plan, "auth").containers[0],
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        )
+        .map(str::to_string)
+    };
+    assert_eq!(
+        http("https://otlp.example.com:4318").as_deref(),
+        Some("https://otlp.example.com:4318/v1/traces")
+    );
+    assert_eq!(
+        http("https://otlp.example.com/otlp/").as_deref(),
+        Some("https://otlp.example.com/otlp/v1/traces")
+    );
+    assert_eq!(
+        http("https://otlp.example.com/v1/traces").as_deref(),
+        Some("https://otlp.example.com/v1/traces")
+    );
+}
+
+/// `(service, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG)` of each planned workload.
+fn samplers(sampling: Value, collector: Value) -> Vec<(String, String, Option<String>)> {
+    let p = policy_with(
+        "s",
+        1,
+        json!({"sampling": sampling, "collector": collector}),
+    );
+    let plan = plan_of(&p, &[gateway(), auth(), socket()], std::slice::from_ref(&p));
+    ["auth", "gateway", "socket"]
+        .iter()
+        .map(|name| {
+            let c = &applied(&plan, name).containers[0];
+            (
+                name.to_string(),
+                var(c, "OTEL_TRACES_SAMPLER")
+                    .unwrap_or_default()
+                    .to_string(),
+                var(c, "OTEL_TRACES_SAMPLER_ARG").map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn sampler_row(
+    service: &str,
+    sampler: &str,
+    arg: Option<&str>,
+) -> (String, String, Option<String>) {
+    (service.into(), sampler.into(), arg.map(str::to_string))
+}
+
+#[test]
+fn which_sampler_each_workload_gets() {
+    let services = json!([{"name": "auth", "ratio": 1.0}, {"name": "socket", "ratio": 0.02}]);
+    let tail = json!({"keepErrors": true, "slowerThan": "500ms"});
+    // Head only: the ratios are head ratios, as before.
+    assert_eq!(
+        samplers(json!({"ratio": 0.1, "services": services}), json!({})),
+        [
+            sampler_row("auth", "parentbased_traceidratio", Some("1")),
+            sampler_row("gateway", "parentbased_traceidratio", Some("0.1")),
+            sampler_row("socket", "parentbased_traceidratio", Some("0.02")),
+        ]
+    );
+    // Tail rules: every SDK records every trace; the collector applies the ratios.
+    assert_eq!(
+        samplers(
+            json!({"ratio": 0.1, "services": services, "tail": tail}),
+            json!({})
+        ),
+        [
+            sampler_row("auth", "parentbased_always_on", None),
+            sampler_row("gateway", "parentbased_always_on", None),
+            sampler_row("socket", "parentbased_always_on", None),
+        ]
+    );
+    // Tail rules and a head ratio: unlisted services and those listed below it
+    // record the head ratio, a service listed above it its own ratio.
+    assert_eq!(
+        samplers(
+            json!({"ratio": 0.1, "services": services, "head": {"ratio": 0.25}, "tail": tail}),
+            json!({})
+        ),
+        [
+            sampler_row("auth", "parentbased_always_on", None),
+            sampler_row("gateway", "parentbased_traceidratio", Some("0.25")),
+            sampler_row("socket", "parentbased_traceidratio", Some("0.25")),
+        ]
+    );
+    assert_eq!(
+        samplers(
+            json!({"ratio": 0.1, "parentBased": false, "head": {"ratio": 0.5}, "tail": tail}),
+            json!({})
+        )[1],
+        sampler_row("gateway", "traceidratio", Some("0.5"))
+    );
+    // Collector off (the CRD refuses tail rules then): head ratios as without them.
+    assert_eq!(
+        samplers(
+            json!({"ratio": 0.1, "services": services}),
+            json!({"enabled": false})
+        ),
+        [
+            sampler_row("auth", "parentbased_traceidratio", Some("1")),
+            sampler_row("gateway", "parentbased_traceidratio", Some("0.1")),
+            sampler_row("socket", "parentbased_traceidratio", Some("0.02")),
+        ]
+    );
 }
 
 #[test]

@@ -15,12 +15,14 @@ use serde_json::json;
 
 use harness::*;
 
-const OTEL_VARS: [&str; 8] = [
+const OTEL_VARS: [&str; 10] = [
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
     "OTEL_PROPAGATORS",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
@@ -97,10 +99,10 @@ async fn selected_workloads_get_the_planned_env_and_everything_is_removed_on_del
     let env = env_of(&d, "gateway");
     assert_eq!(env["OTEL_SERVICE_NAME"], "api-gateway");
     assert_eq!(
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
         "http://jaeger.observability.svc:4317"
     );
-    assert_eq!(env["OTEL_EXPORTER_OTLP_PROTOCOL"], "grpc");
+    assert_eq!(env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"], "grpc");
     assert_eq!(env["OTEL_TRACES_EXPORTER"], "otlp");
     assert_eq!(env["OTEL_PROPAGATORS"], "tracecontext,baggage");
     assert_eq!(env["OTEL_TRACES_SAMPLER"], "parentbased_traceidratio");

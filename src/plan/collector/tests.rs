@@ -48,11 +48,10 @@ fn basic_config_has_receivers_processors_extension_and_pipeline() {
         c["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
         "0.0.0.0:4318"
     );
-    assert_eq!(c["processors"]["memory_limiter"]["check_interval"], "1s");
-    assert_eq!(c["processors"]["memory_limiter"]["limit_percentage"], 80);
+    // 80 % and 25 % of the default 512Mi container limit.
     assert_eq!(
-        c["processors"]["memory_limiter"]["spike_limit_percentage"],
-        25
+        c["processors"]["memory_limiter"],
+        json!({"check_interval": "1s", "limit_mib": 409, "spike_limit_mib": 128})
     );
     assert!(c["processors"]["batch"].is_object());
     assert!(c["processors"].get("tail_sampling").is_none());
@@ -73,6 +72,7 @@ fn basic_config_has_receivers_processors_extension_and_pipeline() {
 
 #[test]
 fn tail_sampling_present_only_when_tail_is_set() {
+    // The old e2e policy: every trace at the head, 10 % of the rest (deprecated tail.ratio).
     let with = spec(
         r#"
 sampling:
@@ -84,13 +84,28 @@ backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
     let c = parsed(&plan(&with));
     let tail = &c["processors"]["tail_sampling"];
     assert_eq!(tail["decision_wait"], "10s");
-    assert_eq!(tail["num_traces"], 50000);
+    assert_eq!(tail["num_traces"], 20000);
+    assert_eq!(tail["expected_new_traces_per_sec"], 1000);
+    assert_eq!(
+        tail["decision_cache"],
+        json!({"sampled_cache_size": 120000, "non_sampled_cache_size": 120000})
+    );
     assert_eq!(
         tail["policies"],
         json!([
             {"name": "keep-errors", "type": "status_code", "status_code": {"status_codes": ["ERROR"]}},
             {"name": "slower-than", "type": "latency", "latency": {"threshold_ms": 500}},
-            {"name": "ratio", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10.0}},
+            {"name": "rest", "type": "and", "and": {"and_sub_policy": [
+                {"name": "rest/match", "type": "ottl_condition",
+                 "ottl_condition": {"error_mode": "ignore", "span": ["IsRootSpan()"]}},
+                {"name": "rest/share", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10.0}},
+            ]}},
+            {"name": "rootless", "type": "and", "and": {"and_sub_policy": [
+                {"name": "rootless/match", "type": "not", "not": {"not_sub_policy":
+                    {"name": "rootless/match/root", "type": "ottl_condition",
+                     "ottl_condition": {"error_mode": "ignore", "span": ["IsRootSpan()"]}}}},
+                {"name": "rootless/share", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10.0}},
+            ]}},
         ])
     );
     assert_eq!(
@@ -110,34 +125,48 @@ fn policy_names(c: &Value) -> Vec<String> {
         .collect()
 }
 
+fn tail_of(sampling: &str) -> Value {
+    parsed(&plan(&spec(&format!(
+        "sampling: {sampling}\nbackends: [{{name: b, type: otlp, endpoint: \"http://b:4317\"}}]\n"
+    ))))
+}
+
 #[test]
 fn each_tail_rule_alone() {
-    let one = |tail: &str| {
-        parsed(&plan(&spec(&format!(
-            "sampling: {{tail: {tail}}}\nbackends: [{{name: b, type: otlp, endpoint: \"http://b:4317\"}}]\n"
-        ))))
-    };
-    assert_eq!(policy_names(&one("{keepErrors: true}")), ["keep-errors"]);
-    let slow = one("{keepErrors: false, slowerThan: 2s}");
+    assert_eq!(
+        policy_names(&tail_of("{ratio: 0, tail: {keepErrors: true}}")),
+        ["keep-errors"]
+    );
+    let slow = tail_of("{ratio: 0, tail: {keepErrors: false, slowerThan: 2s}}");
     assert_eq!(policy_names(&slow), ["slower-than"]);
     assert_eq!(
         slow["processors"]["tail_sampling"]["policies"][0]["latency"]["threshold_ms"],
         2000
     );
-    let ratio = one("{keepErrors: false, ratio: 0.25}");
-    assert_eq!(policy_names(&ratio), ["ratio"]);
+    // sampling.ratio alone: the rest and the rootless traces, at its share.
+    let ratio = tail_of("{ratio: 0.25, tail: {keepErrors: false, ratio: 1}}");
+    assert_eq!(policy_names(&ratio), ["rest", "rootless"]);
+    for p in ratio["processors"]["tail_sampling"]["policies"]
+        .as_array()
+        .expect("policies")
+    {
+        assert_eq!(
+            p["and"]["and_sub_policy"][1]["probabilistic"]["sampling_percentage"],
+            25.0
+        );
+    }
+    // Nothing left to keep: an explicit 0 % keeps the processor valid.
     assert_eq!(
-        ratio["processors"]["tail_sampling"]["policies"][0]["probabilistic"]["sampling_percentage"],
-        25.0
+        tail_of("{ratio: 0, tail: {keepErrors: false, ratio: 0.5}}")["processors"]["tail_sampling"]
+            ["policies"],
+        json!([{"name": "keep-nothing", "type": "probabilistic", "probabilistic": {"sampling_percentage": 0.0}}])
     );
 }
 
 #[test]
 fn decision_wait_grows_with_slower_than_and_is_capped() {
     let wait = |slower: &str| {
-        let c = parsed(&plan(&spec(&format!(
-            "sampling: {{tail: {{slowerThan: {slower}}}}}\nbackends: [{{name: b, type: otlp, endpoint: \"http://b:4317\"}}]\n"
-        ))));
+        let c = tail_of(&format!("{{tail: {{slowerThan: {slower}}}}}"));
         c["processors"]["tail_sampling"]["decision_wait"]
             .as_str()
             .expect("wait")
@@ -149,25 +178,67 @@ fn decision_wait_grows_with_slower_than_and_is_capped() {
 }
 
 #[test]
-fn per_service_ratios_keep_traces_of_listed_services() {
-    let c = parsed(&plan(&spec(
-        r#"
-sampling:
-  ratio: 0.1
-  services: [{name: auth, ratio: 1.0}, {name: socket, ratio: 0.5}, {name: muted, ratio: 0}]
-  tail: {keepErrors: true, ratio: 0.1}
-backends: [{name: b, type: otlp, endpoint: "http://b:4317"}]
-"#,
-    )));
-    let policies = &c["processors"]["tail_sampling"]["policies"];
-    assert_eq!(
-        policies[1],
-        json!({"name": "per-service-ratios", "type": "string_attribute",
-               "string_attribute": {"key": "service.name", "values": ["auth", "socket"]}})
+fn service_shares_apply_to_the_traces_rooted_in_them() {
+    let c = tail_of(
+        r#"{ratio: 0.1, services: [{name: auth, ratio: 1.0}, {name: socket, ratio: 0.5}, {name: muted, ratio: 0}, {name: 'we"ird\', ratio: 1}], tail: {keepErrors: true}}"#,
     );
     assert_eq!(
         policy_names(&c),
-        ["keep-errors", "per-service-ratios", "ratio"]
+        [
+            "keep-errors",
+            "rooted-in/auth",
+            "rooted-in/socket",
+            "rooted-in/we\"ird\\",
+            "rest",
+            "rootless"
+        ]
+    );
+    let policies = &c["processors"]["tail_sampling"]["policies"];
+    // A share of 1: the match alone.
+    assert_eq!(
+        policies[1],
+        json!({"name": "rooted-in/auth", "type": "ottl_condition", "ottl_condition": {"error_mode": "ignore",
+               "span": ["IsRootSpan() and (resource.attributes[\"service.name\"] == \"auth\")"]}})
+    );
+    assert_eq!(
+        policies[2]["and"]["and_sub_policy"],
+        json!([
+            {"name": "rooted-in/socket/match", "type": "ottl_condition", "ottl_condition": {"error_mode": "ignore",
+             "span": ["IsRootSpan() and (resource.attributes[\"service.name\"] == \"socket\")"]}},
+            {"name": "rooted-in/socket/share", "type": "probabilistic", "probabilistic": {"sampling_percentage": 50.0}},
+        ])
+    );
+    // Quotes and backslashes in a service name are escaped for OTTL.
+    assert_eq!(
+        policies[3]["ottl_condition"]["span"][0],
+        "IsRootSpan() and (resource.attributes[\"service.name\"] == \"we\\\"ird\\\\\")"
+    );
+    // The rest: rooted in any service not listed; one listed at 0 is not "the rest".
+    assert_eq!(
+        policies[4]["and"]["and_sub_policy"][0]["ottl_condition"]["span"][0],
+        "IsRootSpan() and resource.attributes[\"service.name\"] != \"auth\" and resource.attributes[\"service.name\"] != \"muted\" and resource.attributes[\"service.name\"] != \"socket\" and resource.attributes[\"service.name\"] != \"we\\\"ird\\\\\""
+    );
+}
+
+#[test]
+fn tail_sizing_and_memory_limiter_follow_the_policy() {
+    let c = parsed(&plan(&spec(
+        r#"
+sampling: {tail: {keepErrors: true, expectedTracesPerSecond: 250}}
+collector: {resources: {limits: {memory: 2Gi}}}
+backends: [{name: b, type: otlp, endpoint: "http://b:4317"}]
+"#,
+    )));
+    let tail = &c["processors"]["tail_sampling"];
+    assert_eq!(tail["num_traces"], 250 * 10 * 2);
+    assert_eq!(tail["expected_new_traces_per_sec"], 250);
+    assert_eq!(tail["decision_cache"]["sampled_cache_size"], 250 * 120);
+    assert_eq!(c["processors"]["memory_limiter"]["limit_mib"], 1638);
+    assert_eq!(c["processors"]["memory_limiter"]["spike_limit_mib"], 512);
+    // memory_limiter comes first: it refuses data before anything holds it.
+    assert_eq!(
+        c["service"]["pipelines"]["traces"]["processors"][0],
+        "memory_limiter"
     );
 }
 
@@ -426,14 +497,16 @@ fn config_hash_changes_iff_config_changes() {
     assert_eq!(h0, plan(&base).config_hash);
     assert_eq!(h0.len(), 16);
 
-    // Not part of the collector config: head ratio, replicas, image, resources.
+    // Not part of the collector config: replicas, image, requests.
     let mut same = base.clone();
-    same.sampling.ratio = 0.7;
     same.collector.replicas = 3;
     same.collector.image = Some("registry.local/otelcol:1".into());
     assert_eq!(template_hash(&plan(&same)), h0);
 
-    // Part of it: the tail ratio, a backend endpoint.
+    // Part of it: the ratios (the collector applies them), a backend endpoint.
+    let mut ratio = base.clone();
+    ratio.sampling.ratio = 0.7;
+    assert_ne!(template_hash(&plan(&ratio)), h0);
     let mut tail = base.clone();
     if let Some(t) = tail.sampling.tail.as_mut() {
         t.ratio = Some(0.2);

@@ -60,13 +60,14 @@ fn complete(desired: i32) -> RolloutState {
     }
 }
 
-/// Observed by its controller, no new pod ready: the shape of a crash-looping rollout.
+/// Observed by its controller, its new pod never ready: the shape of a
+/// crash-looping rollout (one surge pod, the old ones still serving).
 fn stuck() -> RolloutState {
     RolloutState {
         generation: 2,
         observed_generation: 2,
         desired: 2,
-        updated: 0,
+        updated: 1,
         available: 1,
         old: 2,
         ..RolloutState::default()
@@ -497,7 +498,7 @@ fn a_missed_deadline_fails_and_on_failure_decides_what_follows() {
         carrying(a.clone(), Some("2025-03-01T12:00:00Z"), stuck()),
         fresh(b.clone()),
     ];
-    let message = "1/2 replicas available, 0/2 updated, 2 still on the previous template \
+    let message = "1/2 replicas available, 1/2 updated, 2 still on the previous template \
                    after 10m (config h1-a-gateway, applied 2025-03-01T12:00:00Z)";
     let failed = || (REASON_PODS_NOT_READY, message.to_string());
     struct Row {
