@@ -44,7 +44,8 @@ use tracing_operator::plan::collector::{
     CollectorInput, HeaderSecretKeys, metrics, plan_collector,
 };
 use tracing_operator::plan::{
-    ContainerView, NamespaceView, PolicyView, WorkloadId, WorkloadView, collector_namespace, env,
+    Container, Injection, NamespaceView, PolicyView, WorkloadId, collector_namespace, env,
+    injection,
 };
 
 const POLICY: &str = "caas-production";
@@ -130,11 +131,14 @@ const WORKER: Workload = Workload {
     pod: "worker-58f9c6d4b-n8v3r",
 };
 
-/// The env the operator writes into the workload's container.
+/// The env the operator writes into the workload's container (pod-template
+/// injection, with the image tag as the version as admission would read it).
 fn planned_env(spec: &TracingPolicySpec, w: &Workload) -> Vec<EnvVar> {
+    let mut spec = spec.clone();
+    spec.service.version_from_image_tag = true;
     let policy = PolicyView {
         name: POLICY.into(),
-        spec: spec.clone(),
+        spec,
         created_unix: 0,
         deleting: false,
     };
@@ -142,19 +146,20 @@ fn planned_env(spec: &TracingPolicySpec, w: &Workload) -> Vec<EnvVar> {
         name: w.namespace.into(),
         labels: BTreeMap::from([("caas.io/tenant".to_string(), "caas".to_string())]),
     };
-    let container = ContainerView {
+    let container = Container {
         name: "app".into(),
         image: Some(w.image.into()),
-        ..ContainerView::default()
+        ..Container::default()
     };
-    let workload = WorkloadView {
-        id: WorkloadId {
-            namespace: w.namespace.into(),
-            kind: WorkloadKind::Deployment,
-            name: w.service.into(),
+    let workload = tracing_operator::workload::Workload {
+        id: WorkloadId::new(w.namespace, WorkloadKind::Deployment, w.service),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        template: tracing_operator::workload::Template {
+            containers: vec![container.clone()],
+            ..Default::default()
         },
-        containers: vec![container.clone()],
-        ..WorkloadView::default()
+        rollout: Default::default(),
     };
     let plan = env::plan_workload(
         &policy,
@@ -162,12 +167,9 @@ fn planned_env(spec: &TracingPolicySpec, w: &Workload) -> Vec<EnvVar> {
         Some(&namespace),
         &workload,
         [&container],
+        Injection::PodTemplate,
     );
-    plan.containers
-        .into_iter()
-        .next()
-        .map(|c| c.env)
-        .unwrap_or_default()
+    injection::container_env(&plan, &container)
 }
 
 /// What the kubelet makes of an env list: downward-API fields filled in, then
