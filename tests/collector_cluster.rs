@@ -407,7 +407,7 @@ async fn per_namespace_placement_runs_one_collector_in_each_selected_namespace()
         )
         .await;
     }
-    let pattern = format!("http://{test}-collector.<namespace>.svc:4318");
+    let pattern = format!("http://{test}-collector.<namespace>.svc:4318/v1/traces");
     wait_policy(&client, &test, "both collectors ready", |p| {
         collector_status(p) == Some((pattern.clone(), 2))
     })

@@ -500,7 +500,13 @@ pub fn collector_namespaces(
 /// `status.collector.endpoint`: the one endpoint of a central collector, or the
 /// pattern of the per-namespace ones with `<namespace>` in place of the namespace.
 pub fn status_endpoint(policy: &str, spec: &TracingPolicySpec, operator_namespace: &str) -> String {
-    export_target(policy, spec, operator_namespace, "<namespace>").endpoint
+    // As the workloads' OTEL_EXPORTER_OTLP_TRACES_ENDPOINT reads.
+    crate::plan::env::traces_endpoint(&export_target(
+        policy,
+        spec,
+        operator_namespace,
+        "<namespace>",
+    ))
 }
 
 /// Keeps the first [`MAX_PROBLEMS`] problems and counts the rest in one more.

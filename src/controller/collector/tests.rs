@@ -341,11 +341,11 @@ backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
 
     assert_eq!(
         status_endpoint("caas", &named, "tracing-operator"),
-        "http://caas-collector.observability.svc:4318"
+        "http://caas-collector.observability.svc:4318/v1/traces"
     );
     assert_eq!(
         status_endpoint("caas", &per_ns, "tracing-operator"),
-        "http://caas-collector.<namespace>.svc:4318"
+        "http://caas-collector.<namespace>.svc:4318/v1/traces"
     );
 }
 
