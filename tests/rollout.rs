@@ -160,6 +160,21 @@ async fn broken_first(client: &Client, test: &str, on_failure: &str) -> String {
     create_deployment(client, &ns, &workload("a-broken", 1, true)).await;
     create_deployment(client, &ns, &workload("b-ok", 1, false)).await;
     create_deployment(client, &ns, &workload("c-ok", 1, false)).await;
+    // Available before the policy exists: the operator never starts on a
+    // workload that is still rolling out on its own.
+    support::wait_until(
+        "the three Deployments available",
+        Duration::from_secs(120),
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let all = deployments(&client, &ns).await;
+                (all.len() == 3 && all.iter().all(rolled_out)).then_some(())
+            }
+        },
+    )
+    .await;
     apply_policy(
         client,
         &policy(

@@ -230,7 +230,11 @@ async fn the_operators_reconcile_and_apply_spans_arrive_in_jaeger() -> anyhow::R
         "operator",
         dir,
         &kubeconfig,
-        &[&format!("--namespace={operator_ns}")],
+        // Pod-template injection: the refused write the test provokes is an env entry.
+        &[
+            &format!("--namespace={operator_ns}"),
+            "--injection=pod-template",
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             // No service.name: the default applies.
