@@ -39,6 +39,9 @@ use support::process::OperatorProcess;
 use tracing_operator::api::{CONFIG_HASH_ANNOTATION, TracingPolicy};
 
 /// The binary under test, built by cargo in the bench's own profile (release).
+#[path = "scale/big.rs"]
+mod big;
+
 const OPERATOR: &str = env!("CARGO_BIN_EXE_tracing-operator");
 /// Namespaces the benchmark creates carry this label (its value names the scenario).
 const SCENARIO_LABEL: &str = "bench.tracing.caas.io/scenario";
@@ -64,6 +67,9 @@ struct Options {
     rollout_workloads: usize,
     max_concurrent: usize,
     single_samples: usize,
+    /// Scenario 5: Deployments and namespaces.
+    big_workloads: usize,
+    big_namespaces: usize,
     /// Extra flags for `tracing-operator run`.
     operator_args: Vec<String>,
 }
@@ -71,12 +77,15 @@ struct Options {
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
         let mut o = Options {
+            // Scenario 5 (10,000 Deployments) needs a larger testbed: `--only 5`.
             only: vec![1, 2, 3, 4],
             workloads: 1000,
             namespaces: 50,
             rollout_workloads: 200,
             max_concurrent: 20,
             single_samples: 5,
+            big_workloads: 10_000,
+            big_namespaces: 500,
             operator_args: Vec::new(),
         };
         let mut it = args.iter();
@@ -97,19 +106,22 @@ impl Options {
                 "--only" => {
                     o.only = value("--only")?
                         .split(',')
-                        .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=4).contains(n)))
+                        .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=5).contains(n)))
                         .collect::<Option<Vec<_>>>()
-                        .context("--only: a comma-separated list of scenarios 1..4")?;
+                        .context("--only: a comma-separated list of scenarios 1..5")?;
                 }
                 "--workloads" => o.workloads = number(arg, value(arg)?)?,
                 "--namespaces" => o.namespaces = number(arg, value(arg)?)?,
                 "--rollout-workloads" => o.rollout_workloads = number(arg, value(arg)?)?,
                 "--max-concurrent" => o.max_concurrent = number(arg, value(arg)?)?,
                 "--single-samples" => o.single_samples = number(arg, value(arg)?)?,
+                "--big-workloads" => o.big_workloads = number(arg, value(arg)?)?,
+                "--big-namespaces" => o.big_namespaces = number(arg, value(arg)?)?,
                 "--operator-arg" => o.operator_args.push(value(arg)?),
                 other => bail!(
-                    "unknown argument {other:?}; known: --only 1,2,3,4 --workloads N --namespaces N \
-                     --rollout-workloads N --max-concurrent N --single-samples N --operator-arg FLAG"
+                    "unknown argument {other:?}; known: --only 1,2,3,4,5 --workloads N --namespaces N \
+                     --rollout-workloads N --max-concurrent N --single-samples N --big-workloads N \
+                     --big-namespaces N --operator-arg FLAG"
                 ),
             }
         }
@@ -226,6 +238,21 @@ async fn run(o: Options) -> bool {
             "3",
             scenario_rollout(&client, &o, &mut summary).await,
             cleanup(&client, &[ROLLOUT_POLICY], Cleanup::Scenario("rollout")).await,
+        );
+    }
+    if o.only.contains(&5) {
+        ok &= report(
+            "5",
+            big::scenario_big(&client, &o, &mut summary).await,
+            cleanup(
+                &client,
+                &big::policies()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+                Cleanup::Scenario("big"),
+            )
+            .await,
         );
     }
     summary.print();
@@ -943,26 +970,49 @@ async fn create_workloads(
     count: usize,
     workloads: usize,
 ) -> Result<()> {
+    create_namespaces(client, scenario, count).await?;
+    create_deployments(client, scenario, count, 0..workloads).await
+}
+
+fn bench_namespace(scenario: &str, i: usize) -> String {
+    format!("bench-{scenario}-{i:02}")
+}
+
+async fn create_namespaces(client: &Client, scenario: &str, count: usize) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let names: Vec<String> = (0..count)
-        .map(|i| format!("bench-{scenario}-{i:02}"))
-        .collect();
-    for (i, name) in names.iter().enumerate() {
+    for i in 0..count {
+        let name = bench_namespace(scenario, i);
         let tenant = format!("tenant-{:02}", i % 5);
+        let share = format!("{}", i % big::SHARES);
         namespaces
             .create(
                 &PostParams::default(),
                 &namespace(
-                    name,
-                    &[(SCENARIO_LABEL, scenario), ("caas.io/tenant", &tenant)],
+                    &name,
+                    &[
+                        (SCENARIO_LABEL, scenario),
+                        ("caas.io/tenant", &tenant),
+                        (big::SHARE_LABEL, &share),
+                    ],
                 ),
             )
             .await
             .with_context(|| format!("creating namespace {name}"))?;
     }
-    stream::iter(0..workloads)
+    Ok(())
+}
+
+/// Creates Deployments `svc-NNNN` for `indices`, the i-th in namespace `i % count`.
+async fn create_deployments(
+    client: &Client,
+    scenario: &str,
+    count: usize,
+    indices: std::ops::Range<usize>,
+) -> Result<()> {
+    stream::iter(indices)
         .map(|i| {
-            let api: Api<Deployment> = Api::namespaced(client.clone(), &names[i % count]);
+            let api: Api<Deployment> =
+                Api::namespaced(client.clone(), &bench_namespace(scenario, i % count));
             let name = format!("svc-{i:04}");
             async move {
                 api.create(&PostParams::default(), &deployment(&name, i, scenario))
@@ -1337,7 +1387,7 @@ async fn cleanup(client: &Client, policies: &[&str], what: Cleanup) -> Result<()
             let selector = if scenario == "any" {
                 SCENARIO_LABEL.to_string()
             } else {
-                format!("{SCENARIO_LABEL} in ({scenario},{scenario}-single)")
+                format!("{SCENARIO_LABEL} in ({scenario},{scenario}-single,{scenario}-free)")
             };
             namespaces
                 .list(&ListParams::default().labels(&selector))
