@@ -680,7 +680,7 @@ async fn perform(
         }
         Err(error) if error.is_not_found() => (id, outcome, Some(WriteResult::Done)),
         Err(error) if error.is_permanent() => {
-            warn!(workload = %id, %policy, "write rejected: {error}");
+            warn!(workload = %id, %policy, "apply rejected: {error}");
             let message = format!("apply rejected: {error}");
             let reason = if hash.is_empty() {
                 "RemoveRejected"
