@@ -822,6 +822,36 @@ pub struct CollectorStatus {
     pub endpoint: String,
     /// Ready collector replicas (summed over namespaces with PerNamespace).
     pub ready_replicas: i32,
+    /// What the collectors' own metrics (`:8888/metrics`) say they lost since
+    /// they started, summed over the pods that answered. Read about once a
+    /// minute; absent until a collector pod answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub losses: Option<CollectorLosses>,
+}
+
+/// Spans and traces the collectors lost, counted since each collector started.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorLosses {
+    /// Collector pods whose metrics were read.
+    pub pods_read: i32,
+    /// Collector pods that did not answer (they are not counted).
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub pods_unreachable: i32,
+    /// Spans the receivers refused to the SDKs, the memory limiter's refusals
+    /// among them (`otelcol_receiver_refused_spans`).
+    pub spans_refused: u64,
+    /// Spans the exporters failed to deliver or could not queue
+    /// (`otelcol_exporter_send_failed_spans` + `otelcol_exporter_enqueue_failed_spans`).
+    pub spans_export_failed: u64,
+    /// Traces the tail sampler decided before `decisionWait` because it held as many
+    /// as it is sized for (`..._sampling_trace_dropped_too_early`): raise
+    /// `sampling.tail.expectedTracesPerSecond`.
+    pub traces_decided_early: u64,
+}
+
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
 }
 
 /// One change DryRun would make.

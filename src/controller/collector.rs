@@ -476,6 +476,7 @@ pub async fn reconcile(
         status: Some(CollectorStatus {
             endpoint: status_endpoint(name, spec, operator_ns),
             ready_replicas,
+            losses: None,
         }),
         serving,
     }

@@ -30,6 +30,7 @@ use crate::runtime::metrics::Metrics;
 pub mod admission;
 pub mod cache;
 pub mod collector;
+pub mod collector_losses;
 mod reconcile;
 pub mod verify;
 pub mod writer;
@@ -101,6 +102,7 @@ pub struct Context {
     pub injection: Injection,
     pub metrics: Arc<Metrics>,
     pub writer: Writer,
+    pub collector_losses: collector_losses::CollectorLossReader,
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// The policies' fingerprint the last reconcile saw; a change re-plans every policy.
     policies_seen: AtomicU64,
@@ -127,6 +129,7 @@ impl Context {
             .remove(policy);
         self.cache.forget_policy(policy);
         self.metrics.forget_policy(policy);
+        self.collector_losses.forget(policy);
     }
 }
 
@@ -207,6 +210,7 @@ pub async fn run(
         injection,
         metrics,
         writer,
+        collector_losses: Default::default(),
         states: Mutex::default(),
         policies_seen: AtomicU64::new(0),
         failures: Mutex::default(),

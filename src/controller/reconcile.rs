@@ -193,7 +193,17 @@ pub(super) async fn reconcile_policy(
         });
     }
     // Collectors first; workloads whose collector cannot serve them are left as they are.
-    let collectors = collector::reconcile(ctx, policy, &selected_namespaces).await;
+    let mut collectors = collector::reconcile(ctx, policy, &selected_namespaces).await;
+    if let Some(status) = collectors.status.as_mut() {
+        let namespaces = collector::collector_namespaces(
+            &policy.spec,
+            &ctx.settings.operator_namespace,
+            &selected_namespaces,
+        );
+        status.losses = ctx
+            .collector_losses
+            .losses(&ctx.client, &ctx.cache, &name, namespaces);
+    }
     problems.extend(collectors.problems.iter().cloned());
     problems.extend(injection_problems(&state));
 
@@ -254,6 +264,11 @@ pub(super) async fn reconcile_policy(
     )
     .await?;
     let mut events = status::status_events(&name, policy.status.as_ref(), &new_status);
+    events.extend(status::deprecation_events(
+        &policy.spec,
+        policy.metadata.generation,
+        policy.status.as_ref(),
+    ));
     events.extend(status::batch_event(
         "TracingApplied",
         "set",
@@ -287,6 +302,10 @@ pub(super) async fn reconcile_policy(
         if let Some(at) = rollout.requeue_after(now) {
             next = next.min(at.max(Duration::from_secs(1)));
         }
+    }
+    if policy.spec.collector.enabled {
+        // What the collectors lost is read from their pods; no watch reports it.
+        next = next.min(crate::controller::collector_losses::READ_EVERY);
     }
     if !collector_secrets(policy).is_empty() {
         next = next.min(SECRETS_POLL);

@@ -223,7 +223,10 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         }
         (true, "UpToDate", message)
     };
-    let notes = crate::plan::sampling::ready_notes(input.spec);
+    let mut notes = crate::plan::sampling::ready_notes(input.spec);
+    if let Some(losses) = input.collector.as_ref().and_then(|c| c.losses.as_ref()) {
+        notes.extend(crate::plan::collector::metrics::loss_notes(losses));
+    }
     if ready.0 && !notes.is_empty() {
         ready.2 = format!("{}; {}", ready.2, notes.join("; "));
     }
@@ -448,6 +451,28 @@ pub fn status_events(
         });
     }
     events
+}
+
+/// A `Warning` Event per deprecated field the spec uses, once per generation:
+/// only when the stored status was written for another generation (or none),
+/// so neither a resync nor an operator restart repeats it.
+pub fn deprecation_events(
+    spec: &TracingPolicySpec,
+    generation: Option<i64>,
+    previous: Option<&TracingPolicyStatus>,
+) -> Vec<PlannedEvent> {
+    if previous.is_some_and(|p| p.observed_generation == generation) {
+        return Vec::new();
+    }
+    crate::plan::sampling::deprecations(spec)
+        .into_iter()
+        .map(|d| PlannedEvent {
+            workload: None,
+            warning: true,
+            reason: d.reason,
+            note: d.message,
+        })
+        .collect()
 }
 
 /// One Event on the policy for the workloads it changed in one batch of writes
@@ -782,5 +807,80 @@ mod tests {
              Deployment caas/w1, Deployment caas/w2, Deployment caas/w3, Deployment caas/w4 and 2 more"
         );
         assert!(batch_event("TracingApplied", "set", &[]).is_none());
+    }
+
+    #[test]
+    fn collector_losses_are_named_in_ready_with_what_to_change() {
+        let spec = spec();
+        let outcomes = vec![(id("gateway"), Outcome::UpToDate)];
+        let collector = |losses| crate::api::CollectorStatus {
+            endpoint: "http://c:4318/v1/traces".into(),
+            ready_replicas: 1,
+            losses,
+        };
+        let status = |collector| {
+            compute(&StatusInput {
+                generation: Some(3),
+                spec: &spec,
+                previous: None,
+                selected: 1,
+                overrides: &[],
+                outcomes: &outcomes,
+                problems: &[],
+                collector,
+                injection: Injection::Admission,
+                now: time(100),
+            })
+        };
+        let lost = collector(Some(crate::api::CollectorLosses {
+            pods_read: 1,
+            traces_decided_early: 42,
+            ..Default::default()
+        }));
+        let overloaded = status(Some(lost.clone()));
+        let ready = get(&overloaded, "Ready");
+        assert_eq!(
+            ready.status, "True",
+            "losses are advisory: {}",
+            ready.message
+        );
+        assert!(
+            ready.message.ends_with("the collector decided 42 traces before their decision wait because it held as many as it is sized for, so their later spans (errors, slow ends) were judged without them: raise spec.sampling.tail.expectedTracesPerSecond"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(overloaded.collector.as_ref(), Some(&lost));
+        let none_lost = status(Some(collector(Some(crate::api::CollectorLosses {
+            pods_read: 1,
+            ..Default::default()
+        }))));
+        assert_eq!(
+            get(&none_lost, "Ready").message,
+            get(&status(None), "Ready").message
+        );
+    }
+
+    #[test]
+    fn a_deprecated_field_is_warned_about_once_per_generation() {
+        // The fixture uses the deprecated tail.ratio.
+        let spec = spec();
+        let first = deprecation_events(&spec, Some(3), None);
+        assert_eq!(first.len(), 1);
+        assert!(first[0].warning);
+        assert_eq!(first[0].reason, "DeprecatedField");
+        assert!(
+            first[0]
+                .note
+                .starts_with("spec.sampling.tail.ratio is deprecated")
+        );
+        let written = status_of(&spec, None, &[(id("a"), Outcome::UpToDate)], &[], 100);
+        assert_eq!(written.observed_generation, Some(3));
+        assert!(deprecation_events(&spec, Some(3), Some(&written)).is_empty());
+        assert_eq!(deprecation_events(&spec, Some(4), Some(&written)).len(), 1);
+        let mut current = spec.clone();
+        if let Some(tail) = current.sampling.tail.as_mut() {
+            tail.ratio = None;
+        }
+        assert!(deprecation_events(&current, Some(4), Some(&written)).is_empty());
     }
 }

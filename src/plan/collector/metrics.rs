@@ -9,6 +9,8 @@
 //! once something recorded it, so a missing one counts as 0, and lines that do
 //! not parse are skipped: status is advisory, it must not fail on a format detail.
 
+use crate::api::CollectorLosses;
+
 /// What one scrape of a collector says, summed over every label set (receiver,
 /// exporter, transport, ...). Counters count since the collector started.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -208,6 +210,43 @@ fn label_set(mut s: &str) -> Option<(Vec<(&str, String)>, &str)> {
     }
 }
 
+/// Sums the scrapes of a policy's collector pods into what status shows.
+pub fn losses(scrapes: &[TailStats], unreachable: usize) -> CollectorLosses {
+    let sum = |f: fn(&TailStats) -> u64| scrapes.iter().map(f).fold(0u64, u64::saturating_add);
+    CollectorLosses {
+        pods_read: i32::try_from(scrapes.len()).unwrap_or(i32::MAX),
+        pods_unreachable: i32::try_from(unreachable).unwrap_or(i32::MAX),
+        spans_refused: sum(|s| s.spans_refused),
+        spans_export_failed: sum(|s| s.spans_send_failed.saturating_add(s.spans_enqueue_failed)),
+        traces_decided_early: sum(|s| s.traces_dropped_too_early),
+    }
+}
+
+/// What `Ready`'s message adds when the collectors lost something, with what
+/// to change; nothing when they lost nothing.
+pub fn loss_notes(losses: &CollectorLosses) -> Vec<String> {
+    let mut notes = Vec::new();
+    if losses.traces_decided_early > 0 {
+        notes.push(format!(
+            "the collector decided {} traces before their decision wait because it held as many as it is sized for, so their later spans (errors, slow ends) were judged without them: raise spec.sampling.tail.expectedTracesPerSecond",
+            losses.traces_decided_early
+        ));
+    }
+    if losses.spans_refused > 0 {
+        notes.push(format!(
+            "the collector refused {} spans to the SDKs (memory limit reached): raise spec.collector.resources.limits.memory",
+            losses.spans_refused
+        ));
+    }
+    if losses.spans_export_failed > 0 {
+        notes.push(format!(
+            "the collector could not deliver {} spans to spec.backends",
+            losses.spans_export_failed
+        ));
+    }
+    notes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +320,37 @@ otelcol_receiver_accepted_spans{receiver=\"otlp\"} 8
         assert_eq!(stats.traces_sampled, 4);
         assert_eq!(stats.traces_not_sampled, 2);
         assert_eq!(stats.spans_accepted, 8);
+    }
+
+    #[test]
+    fn losses_sum_the_pods_and_name_what_to_change() {
+        let overloaded = parse(OVERLOADED);
+        let quiet = TailStats::default();
+        let losses = losses(&[overloaded.clone(), quiet.clone()], 1);
+        assert_eq!(
+            losses,
+            CollectorLosses {
+                pods_read: 2,
+                pods_unreachable: 1,
+                spans_refused: 27_000,
+                spans_export_failed: 8443 + 701,
+                traces_decided_early: 160_000,
+            }
+        );
+        let notes = loss_notes(&losses);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(
+            notes[0].starts_with("the collector decided 160000 traces before their decision wait")
+        );
+        assert!(notes[0].ends_with("raise spec.sampling.tail.expectedTracesPerSecond"));
+        assert!(notes[1].contains("refused 27000 spans"));
+        assert!(notes[2].contains("could not deliver 9144 spans"));
+    }
+
+    #[test]
+    fn a_collector_that_lost_nothing_adds_no_note() {
+        let healthy = super::losses(&[TailStats::default()], 0);
+        assert_eq!(healthy.pods_read, 1);
+        assert!(loss_notes(&healthy).is_empty());
     }
 }
