@@ -31,11 +31,13 @@ pub mod admission;
 pub mod cache;
 pub mod collector;
 mod reconcile;
+mod report;
 pub mod verify;
 pub mod writer;
 
 pub use admission::InjectionChoice;
 use cache::Cache;
+pub use reconcile::policy_view;
 use writer::{WriteError, Writer};
 
 /// Settings of the controller, from the command line.
@@ -89,6 +91,9 @@ struct PolicyState {
     /// invalid object), with the config hash and the message: not tried again
     /// until the workload or its plan changes, so a refusal never becomes a loop.
     rejected: HashMap<WorkloadId, (String, String)>,
+    /// When this policy's status was last written: a change that is only
+    /// progress waits until [`reconcile::PROGRESS_INTERVAL`] has passed.
+    status_written: Option<Instant>,
 }
 
 /// Everything a reconcile needs.
@@ -176,6 +181,8 @@ pub async fn run(
         "settings reach pods by {} injection",
         injection.as_str()
     );
+    metrics.track_leader(fence.clone());
+    metrics.set_write_limits(settings.qps, settings.burst);
     let writer = Writer::new(
         client.clone(),
         settings.qps,
@@ -250,7 +257,7 @@ pub async fn run(
 /// 2 s, 4 s, ... up to 5 minutes, reset by the next success.
 fn error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = policy.name_any();
-    ctx.metrics.reconcile_error(error.metric_reason());
+    ctx.metrics.reconcile_error(&name, error.metric_reason());
     let attempts = {
         let mut failures = ctx
             .failures
@@ -372,7 +379,7 @@ async fn remove_finalizer(ctx: &Context, name: &str, index: usize) -> Result<(),
 async fn reconcile_invalid(invalid: &InvalidObject, ctx: &Arc<Context>) -> Result<Action, Error> {
     let meta = &invalid.metadata;
     let name = meta.name.clone().unwrap_or_default();
-    ctx.metrics.reconcile_error("InvalidObject");
+    ctx.metrics.reconcile_error(&name, "InvalidObject");
     let ours = meta
         .finalizers
         .as_ref()
