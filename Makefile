@@ -2,7 +2,7 @@
 #   make demo   local testbed cluster, the operator, the example policy applied, status shown
 #   make test   every test: format, lints, unit tests, integration tests on the testbed
 # Everything else here is what those two are made of.
-.PHONY: demo test build testbed-up down lint bench
+.PHONY: demo test build testbed-up down lint bench install-kubectl-plugin
 
 build:
 	testbed/testbed build
@@ -31,3 +31,11 @@ bench:
 
 down:
 	testbed/testbed down
+
+# `kubectl tracing why deploy/NAME -n NS`: kubectl runs any `kubectl-*` on PATH as
+# a plugin, and the operator binary answers to that name. PLUGIN_DIR must be on PATH.
+PLUGIN_DIR ?= $(HOME)/.local/bin
+install-kubectl-plugin:
+	cargo build --release --bin tracing-operator
+	install -d $(PLUGIN_DIR)
+	install -m 0755 target/release/tracing-operator $(PLUGIN_DIR)/kubectl-tracing

@@ -11,7 +11,9 @@
 //! Scenarios, each in namespaces of its own that are deleted afterwards:
 //! 1. the CAAS example (`examples/`): `kubectl apply` of the policy to Ready;
 //! 2. 1,000 Deployments in 50 namespaces under one policy (Immediate, collector
-//!    off): memory idle and converged, time to Ready, writes per workload;
+//!    off): memory idle and converged, time to Ready, writes per workload, the
+//!    status writes the progress reports cost and how often `workloads.upToDate`
+//!    moved (sampled from a watch on the policy);
 //! 3. a Progressive rollout (maxConcurrent 20) of 200 Deployments against the
 //!    time one Deployment, and 20 at once, take to roll out on this cluster;
 //! 4. a converged resync (a namespace label change, then a restarted operator)
@@ -438,6 +440,7 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     );
 
     let timeline = Timeline::track(client, "scale");
+    let progress = Progress::track(client, SCALE_POLICY);
     let m0 = operator.metrics().await?;
     let a0 = support::apiserver::writes()?;
     let cpu0 = operator.cpu_seconds()?;
@@ -461,6 +464,8 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
     let (_, all_done) = rollout_progress(client, "scale").await?;
     let paced = timeline.lock().stats(t0);
     drop(timeline);
+    let moved = progress.lock().stats(t0, n);
+    drop(progress);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let converged = operator.memory()?;
     let m1 = operator.metrics().await?;
@@ -519,6 +524,31 @@ async fn scenario_scale(client: &Client, o: &Options, summary: &mut Summary) -> 
             "{:.1} KiB",
             (watched.rss_kib as f64 - idle.rss_kib as f64) / n as f64
         ),
+    );
+    summary.add(
+        S,
+        "status writes during the rollout (patch TracingPolicy/status)",
+        format!(
+            "{} ({:.3} per workload)",
+            writes.kind("TracingPolicy/status"),
+            writes.kind("TracingPolicy/status") as f64 / n as f64
+        ),
+    );
+    summary.add(
+        S,
+        "  workloads.upToDate, as a watch saw it: moves; gap median / max",
+        format!(
+            "{} moves from 0 to {n} in {}; {} / {}",
+            moved.moves,
+            secs(moved.span),
+            secs(moved.median_gap),
+            secs(moved.max_gap)
+        ),
+    );
+    summary.add(
+        S,
+        "  status.workloads first / last moved after the policy apply",
+        format!("{} / {}", secs(moved.first), secs(moved.last)),
     );
     summary.add(
         S,
@@ -1130,6 +1160,103 @@ impl Timeline {
             first_start: since(self.started.values().min()),
             last_start: since(self.started.values().max()),
             last_done: since(self.done.values().max()),
+        }
+    }
+}
+
+/// `status.workloads.upToDate` of one policy each time a watch sees it change.
+#[derive(Default)]
+struct Progress {
+    seen: Vec<(Instant, i32)>,
+}
+
+/// How the count moved during a rollout.
+struct Moves {
+    /// Changes of the count seen, from its first value above 0 to the last.
+    moves: usize,
+    /// From the first change to the count reaching the total.
+    span: Duration,
+    /// Time between consecutive changes while the count was below the total.
+    median_gap: Duration,
+    max_gap: Duration,
+    /// When it first and last changed, after the policy apply.
+    first: Duration,
+    last: Duration,
+}
+
+struct TrackedProgress(
+    std::sync::Arc<std::sync::Mutex<Progress>>,
+    tokio::task::JoinHandle<()>,
+);
+
+impl TrackedProgress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for TrackedProgress {
+    fn drop(&mut self) {
+        self.1.abort();
+    }
+}
+
+impl Progress {
+    fn track(client: &Client, policy: &str) -> TrackedProgress {
+        use kube::runtime::{WatchStreamExt, watcher};
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(Progress::default()));
+        let api: Api<TracingPolicy> = Api::all(client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={policy}"));
+        let p = progress.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, config)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(event) = events.next().await {
+                let Ok(tp) = event else { continue };
+                let Some(status) = tp.status.as_ref() else {
+                    continue;
+                };
+                if status.observed_generation != tp.metadata.generation {
+                    continue;
+                }
+                let count = status.workloads.up_to_date;
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                if p.seen.last().map(|(_, c)| *c) != Some(count) {
+                    p.seen.push((Instant::now(), count));
+                }
+            }
+        });
+        TrackedProgress(progress, task)
+    }
+
+    fn stats(&self, t0: Instant, total: usize) -> Moves {
+        let moving: Vec<Instant> = self
+            .seen
+            .iter()
+            .filter(|(_, c)| *c > 0)
+            .map(|(t, _)| *t)
+            .collect();
+        let done = self
+            .seen
+            .iter()
+            .find(|(_, c)| *c as usize >= total)
+            .map(|(t, _)| *t);
+        let mut gaps: Vec<Duration> = moving.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort();
+        let since =
+            |t: Option<&Instant>| t.map_or(Duration::ZERO, |t| t.saturating_duration_since(t0));
+        Moves {
+            moves: moving.len(),
+            span: match (moving.first(), done) {
+                (Some(a), Some(b)) => b.saturating_duration_since(*a),
+                _ => Duration::ZERO,
+            },
+            median_gap: gaps.get(gaps.len() / 2).copied().unwrap_or_default(),
+            max_gap: gaps.last().copied().unwrap_or_default(),
+            first: since(moving.first()),
+            last: since(moving.last()),
         }
     }
 }

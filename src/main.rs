@@ -1,5 +1,7 @@
 //! `tracing-operator run` reconciles TracingPolicies; `tracing-operator crd`
-//! prints the CustomResourceDefinition.
+//! prints the CustomResourceDefinition; `tracing-operator why` explains one
+//! workload. Installed (or linked) as `kubectl-tracing`, the binary is the
+//! kubectl plugin: `kubectl tracing why deploy/gateway -n caas-gateway`.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use tracing_operator::cli::why::{self, WhyArgs};
 use tracing_operator::controller::{self, Settings};
 use tracing_operator::plan;
 use tracing_operator::runtime::{leader, metrics::Metrics, server, telemetry};
@@ -34,6 +37,45 @@ enum Command {
     Run(RunArgs),
     /// Print the TracingPolicy CustomResourceDefinition as YAML.
     Crd,
+    /// Explain why a workload is traced or not: the policies that select it and
+    /// the one that owns it, the planned variables and their sources, what its
+    /// manifest keeps, its rollout. Exit code 0 traced, 1 not selected, 2
+    /// selected but not (yet) traced, 3 could not tell.
+    Why(WhyArgs),
+}
+
+/// The kubectl plugin: the binary called `kubectl-tracing` (kubectl runs it for
+/// `kubectl tracing ...`).
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl tracing",
+    bin_name = "kubectl tracing",
+    version,
+    about = "Explains how tracing-operator traces your workloads"
+)]
+struct PluginCli {
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Explain why a workload is traced or not. Exit code 0 traced, 1 not
+    /// selected, 2 selected but not (yet) traced, 3 could not tell.
+    Why(WhyArgs),
+}
+
+/// The exit code of `why` when it cannot explain (a usage error, an unreadable
+/// cluster, no such workload); 0 to 2 are its answers.
+const WHY_FAILED: u8 = 3;
+
+/// The name kubectl finds plugins by.
+const PLUGIN_NAME: &str = "kubectl-tracing";
+
+fn invoked_as_plugin(argv0: Option<&std::ffi::OsString>) -> bool {
+    argv0
+        .and_then(|a| std::path::Path::new(a).file_stem().map(|s| s.to_owned()))
+        .is_some_and(|stem| stem == PLUGIN_NAME)
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,8 +185,24 @@ fn parse_lease_duration(value: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if invoked_as_plugin(argv.first()) {
+        return match PluginCli::try_parse_from(&argv) {
+            Ok(PluginCli {
+                command: PluginCommand::Why(args),
+            }) => run_why(&args),
+            Err(e) => usage(&e, WHY_FAILED),
+        };
+    }
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let why = argv.get(1).is_some_and(|a| a == "why");
+            return usage(&e, if why { WHY_FAILED } else { 2 });
+        }
+    };
     match cli.command {
+        Command::Why(args) => run_why(&args),
         Command::Crd => match tracing_operator::api::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -185,6 +243,49 @@ fn main() -> ExitCode {
             drop(runtime);
             drop(telemetry);
             code
+        }
+    }
+}
+
+/// Prints a parse error (or `--help`, `--version`) and returns its exit code:
+/// `failed` for an error, 0 for help.
+fn usage(e: &clap::Error, failed: u8) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(failed)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_why(args: &WhyArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(WHY_FAILED);
+        }
+    };
+    match runtime.block_on(why::explain(args)) {
+        Ok(explanation) => {
+            match args.output {
+                why::Output::Table => print!("{}", why::render(&explanation)),
+                why::Output::Json => match serde_json::to_string_pretty(&explanation) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("error: cannot serialize the explanation: {e}");
+                        return ExitCode::from(WHY_FAILED);
+                    }
+                },
+            }
+            ExitCode::from(explanation.verdict.exit_code())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(WHY_FAILED)
         }
     }
 }
@@ -373,6 +474,33 @@ mod tests {
         let short = parse_lease_duration("2s").unwrap_err();
         assert!(short.contains("at least 3s"), "{short}");
         assert!(parse_lease_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_plugin_is_the_binary_called_kubectl_tracing() {
+        let plugin = |a: &str| invoked_as_plugin(Some(&std::ffi::OsString::from(a)));
+        assert!(plugin("/usr/local/bin/kubectl-tracing"));
+        assert!(plugin("kubectl-tracing"));
+        assert!(!plugin("/usr/local/bin/tracing-operator"));
+        assert!(!plugin("kubectl-tracing-old/tracing-operator"));
+        let parsed = PluginCli::try_parse_from([
+            "kubectl-tracing",
+            "why",
+            "deploy/gateway",
+            "-n",
+            "caas-gateway",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let PluginCommand::Why(args) = parsed.command;
+        assert_eq!(args.workload, "deploy/gateway");
+        assert_eq!(args.namespace.as_deref(), Some("caas-gateway"));
+        assert_eq!(args.output, why::Output::Json);
+        let direct =
+            Cli::try_parse_from(["tracing-operator", "why", "sts/socket", "--namespace", "s"])
+                .unwrap();
+        assert!(matches!(direct.command, Command::Why(a) if a.workload == "sts/socket"));
     }
 
     #[test]

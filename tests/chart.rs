@@ -232,6 +232,9 @@ fn helm_lint_is_clean_with_default_and_optional_objects() {
         "metrics.serviceMonitor.enabled=true",
         "networkPolicy.enabled=true",
         "telemetry.otlpEndpoint=http://otel-collector.observability:4317",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.collectorPodMonitor.enabled=true",
+        "metrics.dashboards.enabled=true",
     ]);
     lint(&[
         "collector.allowedNamespaces={*}",
@@ -939,6 +942,9 @@ fn every_object_has_the_standard_labels() {
     let objects = render(&[
         "metrics.serviceMonitor.enabled=true",
         "networkPolicy.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.collectorPodMonitor.enabled=true",
+        "metrics.dashboards.enabled=true",
     ]);
     let version = chart_field("appVersion");
     for object in &objects {
@@ -1131,4 +1137,88 @@ fn bad_values_are_refused_with_the_field_named() {
             ),
         }
     }
+}
+
+/// The alerts, the collectors' PodMonitor and the dashboard: off by default;
+/// when on, labelled for the Prometheus and Grafana that pick them up, and the
+/// PodMonitor selects the collector pods the operator creates. (What the rules
+/// and queries say is tested with promtool and Prometheus in tests/monitoring.rs.)
+#[test]
+fn monitoring_objects_render_when_enabled_for_who_picks_them_up() {
+    let defaults = kinds(&render(&[])).join(",");
+    for kind in ["PrometheusRule", "PodMonitor"] {
+        assert!(!defaults.contains(kind), "{kind} is off by default");
+    }
+    let objects = render(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=prom",
+        "metrics.collectorPodMonitor.enabled=true",
+        "metrics.dashboards.enabled=true",
+        "metrics.dashboards.namespace=grafana",
+    ]);
+    let rule = objects
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let groups: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(groups, ["tracing-operator", "tracing-operator-collectors"]);
+    let without = render(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.collectorAlerts=false",
+    ]);
+    let rule = without
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    assert_eq!(rule["spec"]["groups"].as_array().map(Vec::len), Some(1));
+
+    let dashboard = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["namespace"], "grafana");
+    let json: Value = serde_json::from_str(
+        dashboard["data"]["tracing-operator.json"]
+            .as_str()
+            .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    assert_eq!(json["uid"], "tracing-operator");
+
+    let monitor = objects
+        .iter()
+        .find(|o| o["kind"] == "PodMonitor")
+        .expect("the collectors' PodMonitor");
+    let collector_pods = tracing_operator::plan::collector::collector_labels("shop");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            collector_pods.get(k).map(String::as_str),
+            v.as_str(),
+            "the PodMonitor's {k} selects the collector pods"
+        );
+    }
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    let policy_label = tracing_operator::api::POLICY_ANNOTATION.replace(['.', '/'], "_");
+    assert_eq!(
+        endpoint["relabelings"][0]["sourceLabels"][0],
+        format!("__meta_kubernetes_pod_label_{policy_label}").as_str()
+    );
+    assert_eq!(
+        collector_pods
+            .get(tracing_operator::api::POLICY_ANNOTATION)
+            .map(String::as_str),
+        Some("shop")
+    );
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "policy");
 }

@@ -32,11 +32,13 @@ pub mod cache;
 pub mod collector;
 pub mod collector_losses;
 mod reconcile;
+mod report;
 pub mod verify;
 pub mod writer;
 
 pub use admission::InjectionChoice;
 use cache::Cache;
+pub use reconcile::policy_view;
 use writer::{WriteError, Writer};
 
 /// Settings of the controller, from the command line.
@@ -90,6 +92,9 @@ struct PolicyState {
     /// invalid object), with the config hash and the message: not tried again
     /// until the workload or its plan changes, so a refusal never becomes a loop.
     rejected: HashMap<WorkloadId, (String, String)>,
+    /// When this policy's status was last written: a change that is only
+    /// progress waits until [`reconcile::PROGRESS_INTERVAL`] has passed.
+    status_written: Option<Instant>,
 }
 
 /// Everything a reconcile needs.
@@ -179,6 +184,8 @@ pub async fn run(
         "settings reach pods by {} injection",
         injection.as_str()
     );
+    metrics.track_leader(fence.clone());
+    metrics.set_write_limits(settings.qps, settings.burst);
     let writer = Writer::new(
         client.clone(),
         settings.qps,
@@ -254,7 +261,7 @@ pub async fn run(
 /// 2 s, 4 s, ... up to 5 minutes, reset by the next success.
 fn error_policy(policy: Arc<GuardedPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = policy.name_any();
-    ctx.metrics.reconcile_error(error.metric_reason());
+    ctx.metrics.reconcile_error(&name, error.metric_reason());
     let attempts = {
         let mut failures = ctx
             .failures
@@ -376,7 +383,7 @@ async fn remove_finalizer(ctx: &Context, name: &str, index: usize) -> Result<(),
 async fn reconcile_invalid(invalid: &InvalidObject, ctx: &Arc<Context>) -> Result<Action, Error> {
     let meta = &invalid.metadata;
     let name = meta.name.clone().unwrap_or_default();
-    ctx.metrics.reconcile_error("InvalidObject");
+    ctx.metrics.reconcile_error(&name, "InvalidObject");
     let ours = meta
         .finalizers
         .as_ref()

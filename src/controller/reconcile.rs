@@ -9,7 +9,10 @@
 //!    writer, at most [`WRITE_BUDGET`] of them per reconcile (the rest follow
 //!    at once in the next one, so status shows progress while a large rollout runs);
 //! 4. **status** (pure, `plan::status`): one status write when it changed, and
-//!    the Events that announce what changed.
+//!    the Events that announce what changed. A change that is only progress
+//!    (counts and messages, no condition turning) is written at most once per
+//!    [`PROGRESS_INTERVAL`], so a rollout of thousands of workloads shows its
+//!    count climbing at a bounded cost; the metrics follow every reconcile.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -25,7 +28,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::writer::{WriteError, workload_reference};
-use super::{Context, Error, PolicyState, collector, policy_reference, verify};
+use super::{Context, Error, PolicyState, collector, policy_reference, report, verify};
 use crate::api::{INJECTION_ANNOTATION, Mode, PlannedChange, TracingPolicy, TracingPolicyStatus};
 use crate::plan::index::{Basis, Indexed};
 use crate::plan::rollout::{self, RolloutStep};
@@ -46,6 +49,10 @@ const SECRETS_POLL: Duration = Duration::from_secs(60);
 /// How long one reconcile keeps issuing workload writes before it writes status
 /// and hands over to the next reconcile.
 pub const WRITE_BUDGET: Duration = Duration::from_secs(5);
+/// At most one status write per this interval when only the progress changed
+/// (`status.workloads` counts, condition messages); any other change is
+/// written at once.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The policy as planning sees it.
 pub fn policy_view(policy: &TracingPolicy) -> PolicyView {
@@ -131,7 +138,7 @@ pub(super) async fn reconcile_policy(
                 reason: "InvalidSelector",
                 message: error.to_string(),
             }];
-            write_status(
+            let status = write_status(
                 ctx,
                 policy,
                 policy.status.as_ref(),
@@ -142,6 +149,8 @@ pub(super) async fn reconcile_policy(
                 None,
             )
             .await?;
+            let report = report::policy_report(&status, &problems, None, None);
+            ctx.metrics.set_policy(&name, &report);
             return Ok(Action::requeue(RESYNC));
         }
     };
@@ -156,12 +165,14 @@ pub(super) async fn reconcile_policy(
             0,
             &[],
             &[],
-            &[problem],
+            std::slice::from_ref(&problem),
             None,
         )
         .await?;
         let events = status::status_events(&name, policy.status.as_ref(), &status);
         publish(ctx, policy, events).await;
+        let report = report::policy_report(&status, &[problem], None, None);
+        ctx.metrics.set_policy(&name, &report);
         return Ok(Action::requeue(RESYNC));
     }
 
@@ -252,17 +263,19 @@ pub(super) async fn reconcile_policy(
         }
     }
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
-    let new_status = write_status(
+    let computed = compute_status(
         ctx,
         policy,
-        policy.status.as_ref(),
         selected,
         &overrides,
         &outcomes,
         &problems,
         collectors.status.clone(),
-    )
-    .await?;
+    );
+    let mut written = state.status_written;
+    let (new_status, progress_due) =
+        write_paced_status(ctx, policy, computed, &mut written).await?;
+    state.status_written = written;
     let mut events = status::status_events(&name, policy.status.as_ref(), &new_status);
     events.extend(status::deprecation_events(
         &policy.spec,
@@ -280,7 +293,10 @@ pub(super) async fn reconcile_policy(
         &applied.removed,
     ));
     publish(ctx, policy, events).await;
-    ctx.metrics.set_workloads(&name, &count_states(&outcomes));
+    let replicas = report::collector_replicas(ctx, policy, &selected_namespaces);
+    let report = report::policy_report(&new_status, &problems, rollout.as_ref(), replicas);
+    ctx.metrics.set_policy(&name, &report);
+    ctx.metrics.set_watched_workloads(ctx.cache.len());
     drop(state);
 
     if let Some(message) = applied.transient_failure {
@@ -294,6 +310,9 @@ pub(super) async fn reconcile_policy(
     let mut next = RESYNC;
     if applied.more {
         next = Duration::from_millis(100);
+    }
+    if let Some(due) = progress_due {
+        next = next.min(due);
     }
     if let Some(rollout) = &rollout {
         if rollout.counts.rolling_out > 0 || rollout.counts.waiting > 0 {
@@ -756,22 +775,55 @@ fn step_outcome(step: &RolloutStep, paused_by: Option<String>) -> Outcome {
     }
 }
 
-fn count_states(outcomes: &[(WorkloadId, Outcome)]) -> crate::runtime::metrics::WorkloadStates {
-    let mut s = crate::runtime::metrics::WorkloadStates::default();
-    for (_, o) in outcomes {
-        match o {
-            Outcome::UpToDate | Outcome::Unavailable { .. } => s.up_to_date += 1,
-            Outcome::RollingOut => s.rolling_out += 1,
-            Outcome::Queued
-            | Outcome::Paused { .. }
-            | Outcome::Held { .. }
-            | Outcome::WaitingForOwner { .. } => s.waiting += 1,
-            Outcome::Failed { .. } => s.failed += 1,
-            Outcome::Conflicted { .. } => s.conflicted += 1,
-            Outcome::WouldChange(_) | Outcome::Unchanged => {}
-        }
+/// The status of this reconcile (pure: `plan::status::compute`).
+fn compute_status(
+    ctx: &Context,
+    policy: &TracingPolicy,
+    selected: i32,
+    overrides: &[Overrides<'_>],
+    outcomes: &[(WorkloadId, Outcome)],
+    problems: &[Problem],
+    collector: Option<crate::api::CollectorStatus>,
+) -> TracingPolicyStatus {
+    status::compute(&status::StatusInput {
+        generation: policy.metadata.generation,
+        spec: &policy.spec,
+        previous: policy.status.as_ref(),
+        selected,
+        overrides,
+        outcomes,
+        problems,
+        collector,
+        injection: ctx.injection,
+        now: Time(Timestamp::now()),
+    })
+}
+
+/// Writes `new` unless the stored status equals it, or differs only in
+/// progress and the last write was less than [`PROGRESS_INTERVAL`] ago: then
+/// it returns how long until the write is due (the reconcile comes back by
+/// then, so the latest progress is never left unwritten). Returns the status
+/// as this reconcile computed it either way.
+async fn write_paced_status(
+    ctx: &Context,
+    policy: &TracingPolicy,
+    new: TracingPolicyStatus,
+    written: &mut Option<Instant>,
+) -> Result<(TracingPolicyStatus, Option<Duration>), Error> {
+    let previous = policy.status.as_ref();
+    if previous == Some(&new) {
+        return Ok((new, None));
     }
-    s
+    let since = written.map(|t| t.elapsed());
+    if let (Some(previous), Some(since)) = (previous, since)
+        && since < PROGRESS_INTERVAL
+        && status::only_progress(previous, &new)
+    {
+        return Ok((new, Some(PROGRESS_INTERVAL - since)));
+    }
+    store_status(ctx, policy, &new).await?;
+    *written = Some(Instant::now());
+    Ok((new, None))
 }
 
 /// Writes the status computed from this reconcile unless it equals `previous`;
@@ -787,7 +839,6 @@ async fn write_status(
     problems: &[Problem],
     collector: Option<crate::api::CollectorStatus>,
 ) -> Result<TracingPolicyStatus, Error> {
-    let name = policy.name_any();
     let new = status::compute(&status::StatusInput {
         generation: policy.metadata.generation,
         spec: &policy.spec,
@@ -803,7 +854,17 @@ async fn write_status(
     if previous == Some(&new) {
         return Ok(new);
     }
-    let body = serde_json::to_value(&new).map_err(|e| Error::StatusWrite {
+    store_status(ctx, policy, &new).await?;
+    Ok(new)
+}
+
+async fn store_status(
+    ctx: &Context,
+    policy: &TracingPolicy,
+    new: &TracingPolicyStatus,
+) -> Result<(), Error> {
+    let name = policy.name_any();
+    let body = serde_json::to_value(new).map_err(|e| Error::StatusWrite {
         policy: name.clone(),
         source: WriteError::Api(kube::Error::SerdeError(e)),
     })?;
@@ -813,8 +874,7 @@ async fn write_status(
         .map_err(|source| Error::StatusWrite {
             policy: name.clone(),
             source,
-        })?;
-    Ok(new)
+        })
 }
 
 async fn publish(ctx: &Context, policy: &TracingPolicy, events: Vec<PlannedEvent>) {

@@ -12,6 +12,7 @@ use crate::api::{Placement, Protocol, TracingPolicySpec};
 
 pub mod collector;
 pub mod env;
+pub mod explain;
 pub mod guard;
 pub mod index;
 pub mod injection;

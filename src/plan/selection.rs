@@ -74,6 +74,28 @@ impl LabelMatcher {
     }
 }
 
+/// The term of a policy's selector that leaves a workload out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusion {
+    /// kube-system, kube-public or kube-node-lease: never instrumented.
+    SystemNamespace,
+    /// The operator's own namespace: never instrumented.
+    OperatorNamespace,
+    /// Listed in `selector.excludeNamespaces`.
+    ExcludedNamespace,
+    /// The namespace is not known (not in the snapshot).
+    NamespaceUnknown,
+    /// The namespace's labels do not match `selector.namespaces`.
+    NamespaceLabels,
+    /// The workload's kind is not in `selector.kinds`.
+    Kind,
+    /// The workload's own labels do not match `selector.workloads`.
+    WorkloadLabels,
+    /// None of its containers is to be instrumented (`selector.containers`, or
+    /// only known sidecar proxies).
+    Containers,
+}
+
 /// A policy's `spec.selector`, compiled once and then evaluated per namespace,
 /// workload and container.
 #[derive(Clone, Debug)]
@@ -173,6 +195,47 @@ impl Selection {
                 .workloads
                 .as_ref()
                 .is_none_or(|m| m.matches(&workload.labels))
+    }
+
+    /// The first term of the selector that leaves `workload` out, in the order
+    /// the selector is read (namespace, kind, workload labels, containers), or
+    /// `None` when it is selected with at least one container to instrument.
+    /// `namespace` is the workload's namespace (`None`: not known).
+    pub fn exclusion(
+        &self,
+        namespace: Option<&NamespaceView>,
+        workload: &Workload,
+    ) -> Option<Exclusion> {
+        let ns: &str = &workload.id.namespace;
+        if ALWAYS_EXCLUDED_NAMESPACES.contains(&ns) {
+            return Some(Exclusion::SystemNamespace);
+        }
+        if ns == self.operator_namespace {
+            return Some(Exclusion::OperatorNamespace);
+        }
+        if self.is_excluded(ns) {
+            return Some(Exclusion::ExcludedNamespace);
+        }
+        let Some(namespace) = namespace.filter(|n| n.name == ns) else {
+            return Some(Exclusion::NamespaceUnknown);
+        };
+        if !self.selects_namespace(namespace) {
+            return Some(Exclusion::NamespaceLabels);
+        }
+        if !self.kinds.contains(&workload.id.kind) {
+            return Some(Exclusion::Kind);
+        }
+        if self
+            .workloads
+            .as_ref()
+            .is_some_and(|m| !m.matches(&workload.labels))
+        {
+            return Some(Exclusion::WorkloadLabels);
+        }
+        if self.containers(workload).next().is_none() {
+            return Some(Exclusion::Containers);
+        }
+        None
     }
 
     /// The containers to instrument, in pod order: only the names in
@@ -333,5 +396,102 @@ mod tests {
                 format!("spec.selector.namespaces: {message}")
             );
         }
+    }
+
+    #[test]
+    fn the_first_term_that_leaves_a_workload_out_is_named() {
+        use crate::plan::{Container, WorkloadId};
+        let spec: TracingPolicySpec = serde_json::from_value(serde_json::json!({
+            "selector": {
+                "namespaces": {"matchLabels": {"tracing": "on"}},
+                "workloads": {"matchLabels": {"tier": "api"}},
+                "kinds": ["Deployment", "StatefulSet"],
+                "excludeNamespaces": ["sandbox"],
+                "containers": ["app"],
+            },
+            "backends": [{"name": "j", "type": "jaeger", "endpoint": "http://j:4317"}],
+        }))
+        .unwrap();
+        let selection = Selection::new(&spec, "ops").unwrap();
+        let ns = |name: &str, on: bool| NamespaceView {
+            name: name.into(),
+            labels: if on {
+                labels(&[("tracing", "on")])
+            } else {
+                BTreeMap::new()
+            },
+        };
+        let workload = |ns: &str, kind, tier: &str, container: &str| Workload {
+            id: WorkloadId::new(ns, kind, "w"),
+            labels: labels(&[("tier", tier)]),
+            annotations: BTreeMap::new(),
+            template: crate::workload::Template {
+                containers: vec![Container {
+                    name: container.into(),
+                    ..Container::default()
+                }],
+                ..Default::default()
+            },
+            rollout: Default::default(),
+        };
+        let d = WorkloadKind::Deployment;
+        let cases = [
+            (
+                ns("kube-system", true),
+                workload("kube-system", d, "api", "app"),
+                Some(Exclusion::SystemNamespace),
+            ),
+            (
+                ns("ops", true),
+                workload("ops", d, "api", "app"),
+                Some(Exclusion::OperatorNamespace),
+            ),
+            (
+                ns("sandbox", true),
+                workload("sandbox", d, "api", "app"),
+                Some(Exclusion::ExcludedNamespace),
+            ),
+            (
+                ns("legacy", false),
+                workload("legacy", d, "api", "app"),
+                Some(Exclusion::NamespaceLabels),
+            ),
+            (
+                ns("shop", true),
+                workload("shop", WorkloadKind::DaemonSet, "api", "app"),
+                Some(Exclusion::Kind),
+            ),
+            (
+                ns("shop", true),
+                workload("shop", d, "batch", "app"),
+                Some(Exclusion::WorkloadLabels),
+            ),
+            (
+                ns("shop", true),
+                workload("shop", d, "api", "worker"),
+                Some(Exclusion::Containers),
+            ),
+            (ns("shop", true), workload("shop", d, "api", "app"), None),
+        ];
+        for (namespace, w, want) in cases {
+            assert_eq!(selection.exclusion(Some(&namespace), &w), want, "{}", w.id);
+            let selected = BTreeSet::from([namespace.name.as_str()])
+                .into_iter()
+                .filter(|_| selection.selects_namespace(&namespace))
+                .collect();
+            // Only the container term is the explanation's own: the others are
+            // exactly what leaves a workload unselected.
+            assert_eq!(
+                selection.selects_workload(&w, &selected),
+                matches!(want, None | Some(Exclusion::Containers)),
+                "{}",
+                w.id
+            );
+        }
+        let w = workload("gone", d, "api", "app");
+        assert_eq!(
+            selection.exclusion(None, &w),
+            Some(Exclusion::NamespaceUnknown)
+        );
     }
 }

@@ -320,6 +320,27 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
     }
 }
 
+/// `new` differs from `previous` only in how far the rollout got: the same
+/// generation, every condition with the same status and reason, the same
+/// failures, collector and settings; counts, messages and the lists of
+/// waiting and unavailable workloads may differ. Such a change announces
+/// nothing (no Event depends on it), so the controller may write it later.
+pub fn only_progress(previous: &TracingPolicyStatus, new: &TracingPolicyStatus) -> bool {
+    let turns = |s: &TracingPolicyStatus| {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    previous.observed_generation == new.observed_generation
+        && turns(previous) == turns(new)
+        && previous.failures == new.failures
+        && previous.collector == new.collector
+        && previous.injection == new.injection
+        && previous.sampling == new.sampling
+        && previous.backends == new.backends
+}
+
 fn issue(id: &WorkloadId, reason: &str, message: &str) -> WorkloadIssue {
     WorkloadIssue {
         kind: id.kind.to_string(),
@@ -882,5 +903,51 @@ mod tests {
             tail.ratio = None;
         }
         assert!(deprecation_events(&current, Some(4), Some(&written)).is_empty());
+    }
+
+    #[test]
+    fn progress_alone_is_told_apart_from_a_change_that_announces_something() {
+        let spec = spec();
+        let rolling: Vec<(WorkloadId, Outcome)> = (0..4)
+            .map(|i| (id(&format!("w{i}")), Outcome::RollingOut))
+            .collect();
+        let before = status_of(&spec, None, &rolling, &[], 100);
+        // Two of four done: counts and messages move, no condition turns.
+        let mut halfway = rolling.clone();
+        halfway[0].1 = Outcome::UpToDate;
+        halfway[1].1 = Outcome::UpToDate;
+        let moved = status_of(&spec, Some(&before), &halfway, &[], 105);
+        assert_ne!(moved, before);
+        assert_eq!(moved.workloads.up_to_date, 2);
+        assert!(only_progress(&before, &moved));
+        assert!(status_events("p", Some(&before), &moved).is_empty());
+
+        // Every one done: Ready turns True, which is announced at once.
+        let done: Vec<(WorkloadId, Outcome)> = rolling
+            .iter()
+            .map(|(i, _)| (i.clone(), Outcome::UpToDate))
+            .collect();
+        let ready = status_of(&spec, Some(&moved), &done, &[], 110);
+        assert!(!only_progress(&moved, &ready));
+
+        // A new failure is announced at once too.
+        let mut failing = halfway.clone();
+        failing[2].1 = Outcome::Failed {
+            reason: "PodsNotReady".into(),
+            message: "0/1 available".into(),
+        };
+        let failed = status_of(&spec, Some(&moved), &failing, &[], 110);
+        assert!(!only_progress(&moved, &failed));
+
+        // So is a problem, and a new generation.
+        let problem = [Problem {
+            reason: "SecretNotFound",
+            message: "Secret observability/x not found".into(),
+        }];
+        let degraded = status_of(&spec, Some(&moved), &halfway, &problem, 110);
+        assert!(!only_progress(&moved, &degraded));
+        let mut next_generation = moved.clone();
+        next_generation.observed_generation = Some(4);
+        assert!(!only_progress(&moved, &next_generation));
     }
 }

@@ -1,13 +1,30 @@
 //! The operator's Prometheus metrics, served as OpenMetrics text on `/metrics`.
 //!
-//! Every metric is prefixed `tracing_operator_`:
-//! - `reconciles_total`: reconciles finished, successful or not;
-//! - `reconcile_errors_total{reason}`: failed reconciles by error kind;
-//! - `reconcile_duration_seconds`: how long successful reconciles took;
-//! - `workloads{policy,state}`: a policy's workloads by state (`up_to_date`,
-//!   `rolling_out`, `waiting`, `failed`, `conflicted`);
-//! - `api_writes_total{verb,kind}`: mutating requests to the Kubernetes API.
+//! Named by convention: every metric is prefixed `tracing_operator_`, carries its
+//! unit in its name, and its labels are bounded: policy names, condition types
+//! and reasons, workload states, verbs and kinds; never a workload's or a
+//! namespace's name, so a cluster of 10,000 workloads costs as many series as
+//! one of ten.
+//!
+//! | metric | type | labels | what |
+//! |---|---|---|---|
+//! | `reconciles_total` | counter | | reconciles finished, successful or not |
+//! | `reconcile_errors_total` | counter | `policy`, `reason` | failed reconciles by error kind |
+//! | `reconcile_duration_seconds` | histogram | | how long successful reconciles took |
+//! | `workloads` | gauge | `policy`, `state` | a policy's workloads: `up_to_date`, `rolling_out`, `waiting`, `failed` (kept), `rolled_back`, `conflicted` |
+//! | `policy_condition` | gauge | `policy`, `type`, `reason` | 1 while the condition is True, 0 while False; one series per policy and type |
+//! | `policy_problem` | gauge | `policy`, `reason` | 1 for each problem that makes the policy Degraded (`SecretNotFound`, `InjectionNotApplied`, `WorkloadsFailed`, ...) |
+//! | `collector_replicas` | gauge | `policy` | collector replicas the policy's collector Deployments ask for |
+//! | `collector_ready_replicas` | gauge | `policy` | of those, the ready ones |
+//! | `api_writes_total` | counter | `verb`, `kind` | mutating requests to the Kubernetes API (`kind` `TracingPolicy/status` for status writes) |
+//! | `api_write_qps_limit` | gauge | | the client-side limit on mutating requests per second (`--kube-api-qps`) |
+//! | `api_write_burst_limit` | gauge | | the burst above it (`--kube-api-burst`) |
+//! | `leader` | gauge | | 1 while this process may write (it holds the Lease, or runs without leader election), else 0 |
+//! | `watched_workloads` | gauge | | workloads in the operator's cache |
+//! | `resident_memory_bytes` | gauge | | the process's resident memory (Linux `/proc/self/status` VmRSS) |
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -17,7 +34,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::leader::Fence;
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -27,14 +46,51 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct WorkloadStates {
     pub up_to_date: i64,
     pub rolling_out: i64,
-    /// Waiting for a rollout slot, held by `onFailure: Pause`, or by a collector that cannot start.
+    /// Waiting for a rollout slot, held by `onFailure: Pause`, by their owner,
+    /// or by a collector that cannot start.
     pub waiting: i64,
+    /// Failed and kept as they are (`onFailure: Pause` or `Continue`, or a refused apply).
     pub failed: i64,
+    /// Failed and rolled back (`onFailure: Rollback`).
+    pub rolled_back: i64,
     pub conflicted: i64,
 }
 
+impl WorkloadStates {
+    fn by_state(&self) -> [(&'static str, i64); 6] {
+        [
+            ("up_to_date", self.up_to_date),
+            ("rolling_out", self.rolling_out),
+            ("waiting", self.waiting),
+            ("failed", self.failed),
+            ("rolled_back", self.rolled_back),
+            ("conflicted", self.conflicted),
+        ]
+    }
+}
+
+/// The replicas of a policy's collectors, summed over their namespaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CollectorReplicas {
+    pub desired: i64,
+    pub ready: i64,
+}
+
+/// One policy as its latest reconcile computed it: what the per-policy gauges show.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyReport {
+    pub workloads: WorkloadStates,
+    /// Each status condition: `(type, status is True, reason)`.
+    pub conditions: Vec<(String, bool, String)>,
+    /// The reasons of the problems that make the policy Degraded.
+    pub problems: Vec<&'static str>,
+    /// `None` while the policy runs no collector.
+    pub collector: Option<CollectorReplicas>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
+struct ErrorLabels {
+    policy: String,
     reason: &'static str,
 }
 
@@ -42,6 +98,24 @@ struct ReasonLabels {
 struct WorkloadLabels {
     policy: String,
     state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    policy: String,
+    r#type: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProblemLabels {
+    policy: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,17 +142,106 @@ impl<M: EncodeMetric> EncodeMetric for Described<M> {
     }
 }
 
+/// `leader`: read from the fence at each scrape, so it turns 0 the moment this
+/// process may no longer write, not at its next reconcile.
+#[derive(Debug, Default)]
+struct LeaderGauge(Mutex<Option<Fence>>);
+
+impl EncodeMetric for LeaderGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let leading = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|f| f.check().is_ok());
+        encoder.encode_gauge(&i64::from(leading))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// `resident_memory_bytes`, read at each scrape; left out where `/proc` is not.
+#[derive(Debug, Default)]
+struct ResidentMemory;
+
+impl EncodeMetric for ResidentMemory {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match resident_memory_bytes() {
+            Some(bytes) => encoder.encode_gauge(&i64::try_from(bytes).unwrap_or(i64::MAX)),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// VmRSS of `/proc/self/status`, in bytes.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The series last set for one policy, so that a reason that went away also
+/// goes from `/metrics` (a stale `reason` series would alert forever).
+#[derive(Debug, Default)]
+struct PolicySeries {
+    conditions: Vec<ConditionLabels>,
+    problems: Vec<ProblemLabels>,
+    collector: bool,
+    errors: Vec<&'static str>,
+}
+
 /// The operator's metrics and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
-    reconcile_errors: Family<ReasonLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Histogram,
     workloads: Family<WorkloadLabels, Gauge>,
+    conditions: Family<ConditionLabels, Gauge>,
+    problems: Family<ProblemLabels, Gauge>,
+    collector_replicas: Family<PolicyLabels, Gauge>,
+    collector_ready: Family<PolicyLabels, Gauge>,
     api_writes: Family<WriteLabels, Counter>,
+    qps_limit: Gauge,
+    burst_limit: Gauge,
+    watched: Gauge,
+    leader: std::sync::Arc<LeaderGauge>,
+    series: Mutex<HashMap<String, PolicySeries>>,
     // A Family cannot be summed, so the total is kept beside it.
     api_writes_total: AtomicU64,
+}
+
+/// Lets the registry and [`Metrics`] share the leader gauge.
+#[derive(Debug)]
+struct SharedLeader(std::sync::Arc<LeaderGauge>);
+
+impl EncodeMetric for SharedLeader {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
 }
 
 impl Default for Metrics {
@@ -90,10 +253,10 @@ impl Default for Metrics {
             "Reconciles of TracingPolicies finished, successful or not",
             reconciles.clone(),
         );
-        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
-            "Failed reconciles, by error kind",
+            "Failed reconciles, by policy and error kind",
             Described(reconcile_errors.clone()),
         );
         // 10 ms .. ~41 s: a converged policy takes milliseconds, a large first apply seconds.
@@ -101,7 +264,7 @@ impl Default for Metrics {
         registry.register_with_unit(
             "reconcile_duration",
             "Duration of successful reconciles",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             reconcile_duration.clone(),
         );
         let workloads = Family::<WorkloadLabels, Gauge>::default();
@@ -110,11 +273,65 @@ impl Default for Metrics {
             "Workloads a TracingPolicy instruments, by state",
             Described(workloads.clone()),
         );
+        let conditions = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "policy_condition",
+            "A TracingPolicy's status conditions: 1 while True, 0 while False, labelled with the reason",
+            Described(conditions.clone()),
+        );
+        let problems = Family::<ProblemLabels, Gauge>::default();
+        registry.register(
+            "policy_problem",
+            "1 for each problem that makes a TracingPolicy Degraded, by reason",
+            Described(problems.clone()),
+        );
+        let collector_replicas = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "collector_replicas",
+            "Replicas a TracingPolicy's collector Deployments ask for, over their namespaces",
+            Described(collector_replicas.clone()),
+        );
+        let collector_ready = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "collector_ready_replicas",
+            "Ready replicas of a TracingPolicy's collectors, over their namespaces",
+            Described(collector_ready.clone()),
+        );
         let api_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "api_writes",
-            "Mutating requests to the Kubernetes API, by verb and kind",
+            "Mutating requests to the Kubernetes API, by verb and kind (TracingPolicy/status for status writes)",
             Described(api_writes.clone()),
+        );
+        let qps_limit = Gauge::default();
+        registry.register(
+            "api_write_qps_limit",
+            "Client-side limit on mutating requests per second (--kube-api-qps)",
+            qps_limit.clone(),
+        );
+        let burst_limit = Gauge::default();
+        registry.register(
+            "api_write_burst_limit",
+            "Mutating requests allowed at once above the QPS limit (--kube-api-burst)",
+            burst_limit.clone(),
+        );
+        let leader = std::sync::Arc::new(LeaderGauge::default());
+        registry.register(
+            "leader",
+            "1 while this process may write: it holds the leader Lease, or runs without leader election",
+            SharedLeader(leader.clone()),
+        );
+        let watched = Gauge::default();
+        registry.register(
+            "watched_workloads",
+            "Workloads (Deployments, StatefulSets, DaemonSets, CronJobs) in the operator's cache",
+            watched.clone(),
+        );
+        registry.register_with_unit(
+            "resident_memory",
+            "Resident memory of the operator process",
+            Unit::Bytes,
+            ResidentMemory,
         );
         Metrics {
             registry,
@@ -122,7 +339,16 @@ impl Default for Metrics {
             reconcile_errors,
             reconcile_duration,
             workloads,
+            conditions,
+            problems,
+            collector_replicas,
+            collector_ready,
             api_writes,
+            qps_limit,
+            burst_limit,
+            watched,
+            leader,
+            series: Mutex::default(),
             api_writes_total: AtomicU64::new(0),
         }
     }
@@ -135,23 +361,29 @@ impl Metrics {
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
-    /// Records a failed reconcile; `reason` is a short, bounded label.
-    pub fn reconcile_error(&self, reason: &'static str) {
+    /// Records a failed reconcile of `policy`; `reason` is a short, bounded label.
+    pub fn reconcile_error(&self, policy: &str, reason: &'static str) {
         self.reconciles.inc();
         self.reconcile_errors
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ErrorLabels {
+                policy: policy.to_string(),
+                reason,
+            })
             .inc();
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let errors = &mut series.entry(policy.to_string()).or_default().errors;
+        if !errors.contains(&reason) {
+            errors.push(reason);
+        }
     }
 
-    /// Sets the per-state workload counts of `policy`.
-    pub fn set_workloads(&self, policy: &str, states: &WorkloadStates) {
-        for (state, count) in [
-            ("up_to_date", states.up_to_date),
-            ("rolling_out", states.rolling_out),
-            ("waiting", states.waiting),
-            ("failed", states.failed),
-            ("conflicted", states.conflicted),
-        ] {
+    /// Sets every per-policy gauge of `policy` from its latest reconcile, and
+    /// drops the series of reasons it no longer has.
+    pub fn set_policy(&self, policy: &str, report: &PolicyReport) {
+        for (state, count) in report.workloads.by_state() {
             self.workloads
                 .get_or_create(&WorkloadLabels {
                     policy: policy.to_string(),
@@ -159,22 +391,94 @@ impl Metrics {
                 })
                 .set(count);
         }
+        let conditions: Vec<ConditionLabels> = report
+            .conditions
+            .iter()
+            .map(|(type_, _, reason)| ConditionLabels {
+                policy: policy.to_string(),
+                r#type: type_.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        let problems: Vec<ProblemLabels> = report
+            .problems
+            .iter()
+            .map(|reason| ProblemLabels {
+                policy: policy.to_string(),
+                reason,
+            })
+            .collect();
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = series.entry(policy.to_string()).or_default();
+        for stale in last.conditions.iter().filter(|c| !conditions.contains(c)) {
+            self.conditions.remove(stale);
+        }
+        for stale in last.problems.iter().filter(|p| !problems.contains(p)) {
+            self.problems.remove(stale);
+        }
+        for (labels, (_, status, _)) in conditions.iter().zip(&report.conditions) {
+            self.conditions
+                .get_or_create(labels)
+                .set(i64::from(*status));
+        }
+        for labels in &problems {
+            self.problems.get_or_create(labels).set(1);
+        }
+        let labels = PolicyLabels {
+            policy: policy.to_string(),
+        };
+        match report.collector {
+            Some(c) => {
+                self.collector_replicas
+                    .get_or_create(&labels)
+                    .set(c.desired);
+                self.collector_ready.get_or_create(&labels).set(c.ready);
+            }
+            None if last.collector => {
+                self.collector_replicas.remove(&labels);
+                self.collector_ready.remove(&labels);
+            }
+            None => {}
+        }
+        last.conditions = conditions;
+        last.problems = problems;
+        last.collector = report.collector.is_some();
     }
 
-    /// Drops the workload gauges of a policy that no longer exists.
+    /// Drops every per-policy series of a policy that no longer exists.
     pub fn forget_policy(&self, policy: &str) {
-        for state in [
-            "up_to_date",
-            "rolling_out",
-            "waiting",
-            "failed",
-            "conflicted",
-        ] {
+        for (state, _) in WorkloadStates::default().by_state() {
             self.workloads.remove(&WorkloadLabels {
                 policy: policy.to_string(),
                 state,
             });
         }
+        let last = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(policy)
+            .unwrap_or_default();
+        for c in &last.conditions {
+            self.conditions.remove(c);
+        }
+        for p in &last.problems {
+            self.problems.remove(p);
+        }
+        for reason in last.errors {
+            self.reconcile_errors.remove(&ErrorLabels {
+                policy: policy.to_string(),
+                reason,
+            });
+        }
+        let labels = PolicyLabels {
+            policy: policy.to_string(),
+        };
+        self.collector_replicas.remove(&labels);
+        self.collector_ready.remove(&labels);
     }
 
     /// Records one mutating API request (`verb` as in RBAC: create, patch, ...).
@@ -186,6 +490,25 @@ impl Metrics {
             })
             .inc();
         self.api_writes_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client-side write limits, shown beside the write rate.
+    pub fn set_write_limits(&self, qps: u32, burst: u32) {
+        self.qps_limit.set(i64::from(qps));
+        self.burst_limit.set(i64::from(burst));
+    }
+
+    /// From now on `leader` shows whether `fence` lets this process write.
+    pub fn track_leader(&self, fence: Fence) {
+        *self
+            .leader
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fence);
+    }
+
+    pub fn set_watched_workloads(&self, count: usize) {
+        self.watched.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Mutating API requests made so far, over every verb and kind.
@@ -207,141 +530,4 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-        text.lines().find(|l| l.starts_with(prefix))
-    }
-
-    #[test]
-    fn every_family_is_described_before_its_first_sample() {
-        let text = Metrics::default().encode().unwrap();
-        for (family, kind) in [
-            ("tracing_operator_reconciles", "counter"),
-            ("tracing_operator_reconcile_errors", "counter"),
-            ("tracing_operator_reconcile_duration_seconds", "histogram"),
-            ("tracing_operator_workloads", "gauge"),
-            ("tracing_operator_api_writes", "counter"),
-        ] {
-            let type_line = format!("# TYPE {family} {kind}");
-            assert!(text.lines().any(|l| l == type_line), "{type_line}:\n{text}");
-        }
-        assert!(
-            !text.contains("tracing_operator_reconcile_errors_total{"),
-            "no error series before the first error: {text}"
-        );
-    }
-
-    #[test]
-    fn writes_are_counted_by_verb_and_kind_and_in_total() {
-        let m = Metrics::default();
-        assert_eq!(m.api_writes_total(), 0);
-        m.api_write("patch", "Deployment");
-        m.api_write("patch", "Deployment");
-        m.api_write("create", "Event");
-        assert_eq!(m.api_writes_total(), 3);
-        let text = m.encode().unwrap();
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_api_writes_total{verb="patch",kind="Deployment"}"#
-            ),
-            Some(r#"tracing_operator_api_writes_total{verb="patch",kind="Deployment"} 2"#)
-        );
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_api_writes_total{verb="create",kind="Event"}"#
-            ),
-            Some(r#"tracing_operator_api_writes_total{verb="create",kind="Event"} 1"#)
-        );
-        assert!(
-            text.ends_with("# EOF\n"),
-            "OpenMetrics text ends with # EOF: {text}"
-        );
-    }
-
-    #[test]
-    fn reconciles_errors_and_durations() {
-        let m = Metrics::default();
-        m.reconcile_ok(Duration::from_millis(30));
-        m.reconcile_error("StatusWrite");
-        m.reconcile_error("StatusWrite");
-        assert_eq!(m.reconciles_total(), 3);
-        let text = m.encode().unwrap();
-        assert_eq!(
-            line(&text, "tracing_operator_reconciles_total "),
-            Some("tracing_operator_reconciles_total 3")
-        );
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_reconcile_errors_total{reason="StatusWrite"}"#
-            ),
-            Some(r#"tracing_operator_reconcile_errors_total{reason="StatusWrite"} 2"#)
-        );
-        assert_eq!(
-            line(&text, "tracing_operator_reconcile_duration_seconds_count"),
-            Some("tracing_operator_reconcile_duration_seconds_count 1")
-        );
-        // 30 ms lands in the 40 ms bucket, not the 20 ms one.
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_reconcile_duration_seconds_bucket{le="0.02"}"#
-            ),
-            Some(r#"tracing_operator_reconcile_duration_seconds_bucket{le="0.02"} 0"#)
-        );
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_reconcile_duration_seconds_bucket{le="0.04"}"#
-            ),
-            Some(r#"tracing_operator_reconcile_duration_seconds_bucket{le="0.04"} 1"#)
-        );
-    }
-
-    #[test]
-    fn workload_gauges_follow_the_latest_counts_and_go_with_the_policy() {
-        let m = Metrics::default();
-        m.set_workloads(
-            "prod",
-            &WorkloadStates {
-                up_to_date: 2,
-                rolling_out: 3,
-                waiting: 0,
-                failed: 1,
-                conflicted: 0,
-            },
-        );
-        m.set_workloads(
-            "prod",
-            &WorkloadStates {
-                up_to_date: 5,
-                rolling_out: 0,
-                waiting: 0,
-                failed: 1,
-                conflicted: 0,
-            },
-        );
-        let text = m.encode().unwrap();
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_workloads{policy="prod",state="up_to_date"}"#
-            ),
-            Some(r#"tracing_operator_workloads{policy="prod",state="up_to_date"} 5"#)
-        );
-        assert_eq!(
-            line(
-                &text,
-                r#"tracing_operator_workloads{policy="prod",state="rolling_out"}"#
-            ),
-            Some(r#"tracing_operator_workloads{policy="prod",state="rolling_out"} 0"#)
-        );
-        m.forget_policy("prod");
-        let text = m.encode().unwrap();
-        assert!(!text.contains(r#"policy="prod""#), "{text}");
-    }
-}
+mod tests;
