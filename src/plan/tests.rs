@@ -109,6 +109,7 @@ fn user_env(c: &mut Container, name: &str, value: &str) {
         digest: env_digest(name, Some(value), None),
         value_from: false,
         owner: EnvOwner::User,
+        listed_by_operator: false,
     });
 }
 
@@ -120,6 +121,7 @@ fn operator_env(c: &mut Container, e: &EnvVar) {
         digest: stored_digest(e),
         value_from: e.value_from.is_some(),
         owner: EnvOwner::Operator,
+        listed_by_operator: true,
     });
 }
 
