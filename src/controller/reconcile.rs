@@ -473,7 +473,13 @@ async fn enforce(
             ));
             continue;
         }
-        let outcome = step_outcome(&s.step, paused_by.clone());
+        let outcome = match step_outcome(&s.step, paused_by.clone()) {
+            Outcome::UpToDate => rollout::pods_left_behind(&s.id, &entry.workload.rollout)
+                .map_or(Outcome::UpToDate, |message| Outcome::PodsLeftBehind {
+                    message,
+                }),
+            other => other,
+        };
         let live_applied_at = entry
             .workload
             .annotations
@@ -741,7 +747,9 @@ fn count_states(outcomes: &[(WorkloadId, Outcome)]) -> crate::runtime::metrics::
     let mut s = crate::runtime::metrics::WorkloadStates::default();
     for (_, o) in outcomes {
         match o {
-            Outcome::UpToDate | Outcome::Unavailable { .. } => s.up_to_date += 1,
+            Outcome::UpToDate | Outcome::PodsLeftBehind { .. } | Outcome::Unavailable { .. } => {
+                s.up_to_date += 1
+            }
             Outcome::RollingOut => s.rolling_out += 1,
             Outcome::Queued
             | Outcome::Paused { .. }
