@@ -511,7 +511,13 @@ async fn enforce(
             ));
             continue;
         }
-        let outcome = step_outcome(&s.step, paused_by.clone());
+        let outcome = match step_outcome(&s.step, paused_by.clone()) {
+            Outcome::UpToDate => rollout::pods_left_behind(&s.id, &entry.workload.rollout)
+                .map_or(Outcome::UpToDate, |message| Outcome::PodsLeftBehind {
+                    message,
+                }),
+            other => other,
+        };
         let live_applied_at = entry
             .workload
             .annotations

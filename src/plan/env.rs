@@ -435,7 +435,23 @@ pub fn plan_workload<'c>(
                 .collect(),
         })
         .collect();
-    let config_hash = config_hash(&policy.name, &vars, &containers, &version);
+    // At admission each container gets only the variables it does not set
+    // itself, and the pod-template annotations do not depend on them: there,
+    // what the user sets is no part of the operator's change, so a `kubectl set
+    // env` must not give the workload a new hash (a rollout on top of the user's).
+    let config_hash = match injection {
+        Injection::PodTemplate => config_hash(&policy.name, &vars, &containers, &version),
+        Injection::Admission => {
+            let names: Vec<ContainerPlan> = containers
+                .iter()
+                .map(|c| ContainerPlan {
+                    name: c.name.clone(),
+                    user_overrides: Vec::new(),
+                })
+                .collect();
+            config_hash(&policy.name, &vars, &names, &version)
+        }
+    };
     WorkloadPlan {
         service_name: service,
         vars,

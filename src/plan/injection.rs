@@ -172,6 +172,41 @@ pub fn container_env(plan: &WorkloadPlan, container: &Container) -> Vec<EnvVar> 
     env
 }
 
+/// The env entries the operator's apply lists for `container`: [`container_env`],
+/// plus, by name only and in planned order, each entry it added whose value the
+/// user has taken since (`kubectl set env`). Server-side apply deletes an entry
+/// its applier stops listing even when another manager owns the value, so
+/// leaving it out would delete the user's value; a name alone claims no value.
+fn applied_env(plan: &WorkloadPlan, container: &Container) -> Vec<EnvVar> {
+    let mut env = container_env(plan, container);
+    let Some(cp) = plan.containers.iter().find(|c| *c.name == *container.name) else {
+        return env;
+    };
+    let planned_at = |name: &str| plan.vars.iter().position(|v| v.name == name);
+    for (i, var) in plan.vars.iter().enumerate() {
+        let kept = cp.user_overrides.contains(&var.name)
+            && container
+                .entry(&var.name)
+                .is_some_and(|e| e.listed_by_operator);
+        if !kept {
+            continue;
+        }
+        let at = env
+            .iter()
+            .position(|e| planned_at(&e.name).is_some_and(|j| j > i))
+            .unwrap_or(env.len());
+        env.insert(
+            at,
+            EnvVar {
+                name: var.name.clone(),
+                value: None,
+                value_from: None,
+            },
+        );
+    }
+    env
+}
+
 /// A downward-API entry. `apiVersion: v1` is what the API server defaults it to,
 /// so the planned entry equals the live one and a converged workload needs no write.
 fn field_ref(name: &str, field_path: &str) -> EnvVar {
@@ -302,7 +337,7 @@ pub fn apply_body(
                 .unwrap_or_default()
                 .iter()
                 .filter(|c| plan.containers.iter().any(|p| *p.name == *c.name))
-                .map(|c| json!({ "name": &*c.name, "env": container_env(plan, c) }))
+                .map(|c| json!({ "name": &*c.name, "env": applied_env(plan, c) }))
                 .collect();
             json!({ "spec": { "containers": containers } })
         }

@@ -27,12 +27,18 @@ use crate::plan::{Injection, WorkloadId};
 pub const MAX_LISTED: usize = 20;
 /// Longest DryRun plan kept in status.
 pub const MAX_PLANNED: usize = 50;
+/// Workloads with pods left on the previous template named in the Ready message.
+pub const MAX_NAMED_LEFT_BEHIND: usize = 5;
 
 /// What happened to one workload in this reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// Carries the plan and its controller reports the template rolled out.
     UpToDate,
+    /// Up to date, but by its own update strategy (`OnDelete`, a StatefulSet
+    /// partition) some pods keep the previous template until their owner
+    /// replaces them; `message` says how many. Named in the Ready message.
+    PodsLeftBehind { message: String },
     /// Carries the plan and rolled out, but is unavailable for reasons of its own.
     Unavailable { message: String },
     /// Carries the plan; its pods are being replaced.
@@ -96,11 +102,16 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
     let mut planned = Vec::new();
     let mut unavailable = Vec::new();
     let mut waiting = Vec::new();
+    let mut left_behind = Vec::new();
     let mut queued = 0;
     let mut paused_by: Option<String> = None;
     for (id, outcome) in input.outcomes {
         match outcome {
             Outcome::UpToDate => counts.up_to_date += 1,
+            Outcome::PodsLeftBehind { message } => {
+                counts.up_to_date += 1;
+                left_behind.push(format!("{id}: {message}"));
+            }
             Outcome::Unavailable { message } => {
                 counts.up_to_date += 1;
                 counts.unavailable += 1;
@@ -220,6 +231,17 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
                 "; {} unavailable for reasons of their own (not the tracing settings): see status.unavailable",
                 counts.unavailable
             ));
+        }
+        if !left_behind.is_empty() {
+            let more = left_behind.len().saturating_sub(MAX_NAMED_LEFT_BEHIND);
+            left_behind.truncate(MAX_NAMED_LEFT_BEHIND);
+            message.push_str(&format!(
+                "; pods keep the previous template until their owner replaces them (their update strategy): {}",
+                left_behind.join("; ")
+            ));
+            if more > 0 {
+                message.push_str(&format!(" and {more} more"));
+            }
         }
         (true, "UpToDate", message)
     };
@@ -584,6 +606,32 @@ mod tests {
             get(s, "Reconciling").status.clone(),
             get(s, "Stalled").status.clone(),
         )
+    }
+
+    #[test]
+    fn pods_left_on_the_previous_template_are_up_to_date_and_named_in_ready() {
+        let spec = spec();
+        let outcomes = vec![
+            (
+                id("agent"),
+                Outcome::PodsLeftBehind {
+                    message: "3/3 pods available, 0/3 updated, 3 still on the previous template until deleted (updateStrategy OnDelete)".into(),
+                },
+            ),
+            (id("auth"), Outcome::UpToDate),
+        ];
+        let s = status_of(&spec, None, &outcomes, &[], 1);
+        assert_eq!(s.workloads.up_to_date, 2);
+        assert_eq!(get(&s, "Ready").status, "True");
+        let ready = &get(&s, "Ready").message;
+        assert!(
+            ready.contains("until their owner replaces them")
+                && ready.contains(
+                    "agent: 3/3 pods available, 0/3 updated, 3 still on the previous template"
+                ),
+            "{ready}"
+        );
+        assert!(s.unavailable.is_empty() && s.waiting.is_empty());
     }
 
     #[test]

@@ -109,6 +109,7 @@ fn user_env(c: &mut Container, name: &str, value: &str) {
         digest: env_digest(name, Some(value), None),
         value_from: false,
         owner: EnvOwner::User,
+        listed_by_operator: false,
     });
 }
 
@@ -120,6 +121,7 @@ fn operator_env(c: &mut Container, e: &EnvVar) {
         digest: stored_digest(e),
         value_from: e.value_from.is_some(),
         owner: EnvOwner::Operator,
+        listed_by_operator: true,
     });
 }
 
@@ -1530,8 +1532,39 @@ fn config_hash_is_stable_and_covers_policy_and_values() {
     // A user override changes what is applied, so the hash too.
     let mut gw = gateway();
     user_env(&mut gw.template.containers[0], "SERVICE_NAME", "edge");
-    let other = applied(&plan_of(&p, &[gw], std::slice::from_ref(&p)), "gateway").clone();
+    let other = applied(
+        &plan_of(&p, &[gw.clone()], std::slice::from_ref(&p)),
+        "gateway",
+    )
+    .clone();
     assert_ne!(first.config_hash, other.config_hash);
+
+    // At admission it changes nothing the operator writes: nor the hash.
+    let admission = |w: &Workload| {
+        let shared = [Arc::new(w.clone())];
+        let snapshot = Snapshot {
+            operator_namespace: OPERATOR_NS,
+            namespaces: &caas_namespaces(),
+            workloads: &shared,
+            policies: std::slice::from_ref(&p),
+            injection: Injection::Admission,
+        };
+        let plan = plan_policy(&p, &snapshot).unwrap();
+        plan.workloads
+            .iter()
+            .find_map(|d| match &d.action {
+                WorkloadAction::Apply(wp) => Some(wp.clone()),
+                _ => None,
+            })
+            .expect("an Apply")
+    };
+    let (plain, overridden) = (admission(&gateway()), admission(&gw));
+    assert_eq!(plain.config_hash, overridden.config_hash);
+    assert_eq!(
+        overridden.containers[0].user_overrides,
+        ["SERVICE_NAME"],
+        "still reported"
+    );
 }
 
 const PINNED_SMALL_HASH: &str = "84727333f39437fc";

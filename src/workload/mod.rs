@@ -255,6 +255,12 @@ pub struct EnvEntry {
     /// cannot be appended to.
     pub value_from: bool,
     pub owner: EnvOwner,
+    /// The operator's server-side apply lists this entry (it added it), whoever
+    /// owns the value now. Server-side apply deletes an entry its applier stops
+    /// listing even when another manager owns the value, so once the user took
+    /// the value (`kubectl set env`) the operator must go on listing the entry,
+    /// by name only, or its next apply deletes the user's value.
+    pub listed_by_operator: bool,
 }
 
 /// Who owns an env entry's value, read from `managedFields`.
@@ -608,7 +614,7 @@ struct EnvWire {
 }
 
 impl ContainerWire {
-    fn project(&self, operator_values: Option<&BTreeSet<String>>) -> Container {
+    fn project(&self, operator: Option<&OperatorEnv>) -> Container {
         let env = self
             .env
             .iter()
@@ -616,11 +622,12 @@ impl ContainerWire {
                 name: intern(&e.name),
                 digest: env_digest(&e.name, e.value.as_deref(), e.value_from.as_ref()),
                 value_from: e.value_from.is_some(),
-                owner: if operator_values.is_some_and(|o| o.contains(&e.name)) {
+                owner: if operator.is_some_and(|o| o.values.contains(&e.name)) {
                     EnvOwner::Operator
                 } else {
                     EnvOwner::User
                 },
+                listed_by_operator: operator.is_some_and(|o| o.listed.contains(&e.name)),
             })
             .collect();
         let java_agent = self.env.iter().any(|e| {
@@ -684,14 +691,24 @@ fn hash_json(value: &serde_json::Value, h: &mut DefaultHasher) {
     }
 }
 
-/// Per container, the env names whose value (`f:value` or `f:valueFrom`) the
-/// operator's server-side apply owns. Owning only an entry's key (`.`, `f:name`)
-/// is not owning it: once another manager takes the value, the variable is the user's.
+/// One container's env entries in the operator's server-side apply.
+#[derive(Default)]
+struct OperatorEnv {
+    /// Names whose value (`f:value` or `f:valueFrom`) it owns.
+    values: BTreeSet<String>,
+    /// Names it lists at all, value or not.
+    listed: BTreeSet<String>,
+}
+
+/// Per container, the env entries the operator's server-side apply lists, and
+/// those whose value (`f:value` or `f:valueFrom`) it owns. Owning only an
+/// entry's key (`.`, `f:name`) is not owning it: once another manager takes the
+/// value, the variable is the user's.
 fn operator_owned_values(
     entries: &[ManagedFieldsWire],
     template_path: &[&str],
-) -> BTreeMap<String, BTreeSet<String>> {
-    let mut owned: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+) -> BTreeMap<String, OperatorEnv> {
+    let mut owned: BTreeMap<String, OperatorEnv> = BTreeMap::new();
     let ours = entries.iter().filter(|m| {
         m.manager == FIELD_MANAGER && m.operation == "Apply" && m.subresource.is_empty()
     });
@@ -720,12 +737,16 @@ fn operator_owned_values(
                 continue;
             };
             let env = container.get("f:env").and_then(|v| v.as_object());
-            let names = env.into_iter().flatten().filter_map(|(k, item)| {
-                let value_owned =
-                    item.get("f:value").is_some() || item.get("f:valueFrom").is_some();
-                value_owned.then(|| list_map_key_name(k)).flatten()
-            });
-            owned.entry(container_name).or_default().extend(names);
+            let mine = owned.entry(container_name).or_default();
+            for (k, item) in env.into_iter().flatten() {
+                let Some(name) = list_map_key_name(k) else {
+                    continue;
+                };
+                if item.get("f:value").is_some() || item.get("f:valueFrom").is_some() {
+                    mine.values.insert(name.clone());
+                }
+                mine.listed.insert(name);
+            }
         }
     }
     owned

@@ -124,21 +124,22 @@ fn a_deployment_projects_to_what_planning_reads() {
     );
     assert_eq!(app.image.as_deref(), Some("caas/gateway:2.4.1"));
     assert!(app.java_agent);
-    let owners: Vec<(&str, EnvOwner, bool)> = app
+    let owners: Vec<(&str, EnvOwner, bool, bool)> = app
         .env
         .iter()
-        .map(|e| (&*e.name, e.owner, e.value_from))
+        .map(|e| (&*e.name, e.owner, e.value_from, e.listed_by_operator))
         .collect();
     assert_eq!(
         owners,
         [
             // An Update by the operator's manager is not its apply.
-            ("NODE_ENV", EnvOwner::User, false),
-            ("OTEL_SERVICE_NAME", EnvOwner::Operator, false),
-            // kubectl set env took the value: the operator keeps only the key, so it is the user's.
-            ("OTEL_TRACES_SAMPLER_ARG", EnvOwner::User, false),
-            ("JAVA_TOOL_OPTIONS", EnvOwner::User, false),
-            ("DB_PASSWORD", EnvOwner::User, true),
+            ("NODE_ENV", EnvOwner::User, false, false),
+            ("OTEL_SERVICE_NAME", EnvOwner::Operator, false, true),
+            // kubectl set env took the value: the operator keeps only the key, so
+            // it is the user's, and the operator's apply must keep listing it.
+            ("OTEL_TRACES_SAMPLER_ARG", EnvOwner::User, false, true),
+            ("JAVA_TOOL_OPTIONS", EnvOwner::User, false, false),
+            ("DB_PASSWORD", EnvOwner::User, true, false),
         ]
     );
     assert_eq!(

@@ -11,6 +11,8 @@ pub mod admission;
 pub mod apiserver;
 pub mod audit;
 pub mod jaeger;
+pub mod nodes;
+pub mod operator_writes;
 pub mod pod;
 pub mod process;
 pub mod tools;

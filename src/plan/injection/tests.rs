@@ -161,6 +161,62 @@ fn the_users_variables_are_left_out_and_with_attributes_the_helpers_too() {
 }
 
 #[test]
+fn an_entry_whose_value_the_user_took_stays_in_the_apply_by_name_only() {
+    // `kubectl set env` took OTEL_SERVICE_NAME's value from the operator; the
+    // user's manifest sets APP_VERSION itself.
+    let p = plan(
+        VersionPlan::default(),
+        &["OTEL_SERVICE_NAME", "APP_VERSION"],
+    );
+    let mut app = container("app", "a:1");
+    for (name, listed) in [("OTEL_SERVICE_NAME", true), ("APP_VERSION", false)] {
+        app.env.push(EnvEntry {
+            name: name.into(),
+            digest: 1,
+            value_from: false,
+            owner: EnvOwner::User,
+            listed_by_operator: listed,
+        });
+    }
+    let w = workload(WorkloadKind::Deployment, vec![app]);
+    let body = apply_body(
+        Injection::PodTemplate,
+        &w.id,
+        &p,
+        Some(&w),
+        &BTreeMap::new(),
+    );
+    let env = body
+        .pointer("/spec/template/spec/containers/0/env")
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            POD_NAME_VAR,
+            NODE_NAME_VAR,
+            "OTEL_SERVICE_NAME",
+            RESOURCE_ATTRIBUTES_VAR
+        ],
+        "in planned order, and never an entry the operator did not add"
+    );
+    assert_eq!(
+        env[2],
+        json!({"name": "OTEL_SERVICE_NAME"}),
+        "no value claimed"
+    );
+    // What the operator materializes (and checks for convergence) is unchanged.
+    let materialized = render(&container_env(&p, &w.template.containers[0]));
+    assert!(
+        !materialized
+            .iter()
+            .any(|e| e.starts_with("OTEL_SERVICE_NAME"))
+    );
+}
+
+#[test]
 fn bodies_name_only_the_operators_fields_at_each_kinds_template() {
     let p = plan(VersionPlan::default(), &[]);
     let annotations = BTreeMap::from([("tracing.caas.io/policy".to_string(), "x".to_string())]);
@@ -228,12 +284,14 @@ fn admission_converges_and_a_left_over_env_entry_is_not_converged() {
         digest: 1,
         value_from: false,
         owner: EnvOwner::Operator,
+        listed_by_operator: true,
     });
     assert!(!is_applied(Injection::Admission, "pol", &p, &left));
     // The user's own entries do not matter.
     let mut user = w.clone();
     user.template.containers[0].env.push(EnvEntry {
         owner: EnvOwner::User,
+        listed_by_operator: false,
         ..left.template.containers[0].env[0].clone()
     });
     assert!(is_applied(Injection::Admission, "pol", &p, &user));

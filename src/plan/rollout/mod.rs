@@ -588,6 +588,17 @@ fn holds_slot_until(
     (!complete && now < until).then_some(until)
 }
 
+/// For a rolled-out workload whose update strategy leaves pods on the previous
+/// template until their owner replaces them (`OnDelete`, a StatefulSet
+/// partition): what its pods are at, for status. `None` when none is left.
+pub fn pods_left_behind(id: &WorkloadId, state: &RolloutState) -> Option<String> {
+    let by_strategy = matches!(
+        state.strategy,
+        crate::workload::Strategy::OnDelete | crate::workload::Strategy::Partitioned(_)
+    );
+    (by_strategy && state.old > 0).then(|| id.kind.info().describe(state))
+}
+
 /// `now` to the whole second, as `applied-at` records it.
 fn stamp_time(now: Timestamp) -> Timestamp {
     Timestamp::from_second(now.as_second()).unwrap_or(now)

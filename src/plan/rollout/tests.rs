@@ -1310,3 +1310,44 @@ fn per_kind_completion_decides_on_delete_partition_and_scaled_to_zero() {
         assert_eq!(plan.steps[0].step, RolloutStep::Record, "{kind}");
     }
 }
+
+#[test]
+fn pods_left_on_the_previous_template_by_the_update_strategy_are_described() {
+    let on_delete = RolloutState {
+        updated: 0,
+        old: 3,
+        desired: 3,
+        strategy: crate::workload::Strategy::OnDelete,
+        ..complete(3)
+    };
+    let ds = id("caas", WorkloadKind::DaemonSet, "agent");
+    let message = pods_left_behind(&ds, &on_delete).expect("described");
+    assert!(
+        message.contains("3 still on the previous template until deleted"),
+        "{message}"
+    );
+    let all_replaced = RolloutState {
+        updated: 3,
+        old: 0,
+        ..on_delete.clone()
+    };
+    assert_eq!(pods_left_behind(&ds, &all_replaced), None);
+    // A rolling update's old pods are its controller's to replace: not listed.
+    let rolling = RolloutState {
+        old: 1,
+        ..complete(3)
+    };
+    assert_eq!(pods_left_behind(&deployment("a"), &rolling), None);
+    let partitioned = RolloutState {
+        updated: 2,
+        old: 1,
+        strategy: crate::workload::Strategy::Partitioned(1),
+        ..complete(3)
+    };
+    let sts = id("caas", WorkloadKind::StatefulSet, "db");
+    assert!(
+        pods_left_behind(&sts, &partitioned).is_some_and(|m| m.contains("partition 1")),
+        "{:?}",
+        pods_left_behind(&sts, &partitioned)
+    );
+}
