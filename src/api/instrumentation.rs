@@ -168,7 +168,8 @@ pub struct AgentSkip {
     /// `nodejs`, `java`, `python`, `dotnet`, or what the annotation named.
     pub language: String,
     /// A CamelCase reason: `SdkPresent`, `ValueFrom`, `PodTemplateInjection`,
-    /// `UnknownLanguage`, `UnsupportedLanguage`, `UnsupportedProtocol`.
+    /// `UnknownLanguage`, `UnsupportedLanguage`, `UnsupportedProtocol`,
+    /// `UnknownLibc`, `EnvConflict`.
     pub reason: String,
     pub message: String,
 }
