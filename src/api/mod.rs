@@ -15,7 +15,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod defaults;
+mod instrumentation;
 pub use defaults::*;
+pub use instrumentation::*;
 
 /// API group of every kind this operator defines.
 pub const GROUP: &str = "tracing.caas.io";
@@ -133,6 +135,11 @@ pub struct TracingPolicySpec {
     /// How changes reach running pods.
     #[serde(default)]
     pub rollout: RolloutSpec,
+
+    /// Zero-code tracing: the OpenTelemetry agent of each workload's language,
+    /// injected into its pods at admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrumentation: Option<InstrumentationSpec>,
 }
 
 /// Selection of the workloads a policy applies to.
@@ -727,6 +734,10 @@ pub struct TracingPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_overrides: Vec<UserOverride>,
 
+    /// Containers that have an agent language but get no agent, with the reason, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents_skipped: Vec<AgentSkip>,
+
     /// Workloads that carry this policy's settings, rolled out, but are unavailable
     /// for reasons of their own (a drain, a crash, a scale-up, their own release);
     /// the operator reports them and never rolls back because of them. At most 20.
@@ -788,6 +799,10 @@ pub struct WorkloadCounts {
     pub waiting: i32,
     /// Variables kept because the workload sets them itself.
     pub user_overrides: i32,
+    /// Workloads per agent language, and those with a language that get no agent
+    /// in some container.
+    #[serde(default, skip_serializing_if = "AgentCounts::is_zero")]
+    pub agents: AgentCounts,
     /// `upToDate/selected`, for `kubectl get`.
     #[serde(default)]
     pub summary: String,

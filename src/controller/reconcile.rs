@@ -145,6 +145,7 @@ pub(super) async fn reconcile_policy(
                 0,
                 &[],
                 &[],
+                &[],
                 &problems,
                 None,
             )
@@ -163,6 +164,7 @@ pub(super) async fn reconcile_policy(
             policy,
             policy.status.as_ref(),
             0,
+            &[],
             &[],
             &[],
             std::slice::from_ref(&problem),
@@ -249,14 +251,23 @@ pub(super) async fn reconcile_policy(
     let mut outcomes = applied.outcomes;
     let mut selected = 0;
     let mut overrides = Vec::new();
+    let mut agents = Vec::new();
     for (id, entry) in state.index.entries() {
-        if let Indexed::Apply { overrides: o, .. } = &entry.decision {
+        if let Indexed::Apply {
+            overrides: o,
+            agent,
+            ..
+        } = &entry.decision
+        {
             selected += 1;
             overrides.extend(o.iter().map(|(container, variables)| Overrides {
                 id,
                 container,
                 variables,
             }));
+            if !agent.is_empty() {
+                agents.push((id, agent));
+            }
             if held(id) {
                 outcomes.push((id.clone(), held_outcome(id)));
             }
@@ -268,6 +279,7 @@ pub(super) async fn reconcile_policy(
         policy,
         selected,
         &overrides,
+        &agents,
         &outcomes,
         &problems,
         collectors.status.clone(),
@@ -433,7 +445,14 @@ fn dry_run(state: &PolicyState, planner: &Planner<'_>) -> Applied {
                                         | PlannedValue::Versioned(s) => format!("{}={s}", v.name),
                                     })
                                     .collect();
-                                format!("{}: {}", c.name, vars.join(", "))
+                                let agent = p
+                                    .agent
+                                    .plan
+                                    .as_ref()
+                                    .filter(|a| a.containers.contains(&c.name))
+                                    .map(|a| format!("; {} agent", a.language))
+                                    .unwrap_or_default();
+                                format!("{}: {}{agent}", c.name, vars.join(", "))
                             })
                             .collect()
                     })
@@ -787,6 +806,7 @@ fn compute_status(
     policy: &TracingPolicy,
     selected: i32,
     overrides: &[Overrides<'_>],
+    agents: &[(&WorkloadId, &crate::plan::agents::AgentSummary)],
     outcomes: &[(WorkloadId, Outcome)],
     problems: &[Problem],
     collector: Option<crate::api::CollectorStatus>,
@@ -797,6 +817,7 @@ fn compute_status(
         previous: policy.status.as_ref(),
         selected,
         overrides,
+        agents,
         outcomes,
         problems,
         collector,
@@ -841,6 +862,7 @@ async fn write_status(
     previous: Option<&TracingPolicyStatus>,
     selected: i32,
     overrides: &[Overrides<'_>],
+    agents: &[(&WorkloadId, &crate::plan::agents::AgentSummary)],
     outcomes: &[(WorkloadId, Outcome)],
     problems: &[Problem],
     collector: Option<crate::api::CollectorStatus>,
@@ -851,6 +873,7 @@ async fn write_status(
         previous,
         selected,
         overrides,
+        agents,
         outcomes,
         problems,
         collector,

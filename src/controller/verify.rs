@@ -4,7 +4,9 @@
 //! every planned variable that its containers do not set themselves. The
 //! verdict is recorded on the workload (`tracing.caas.io/injection`) and a
 //! missing variable makes the policy `Degraded` (`InjectionNotApplied`), naming
-//! the pod and the variable.
+//! the pod and the variable. With an agent planned, the pod must also carry the
+//! agent's init container, and each agent container its mount and the agent's
+//! flag in its startup variable.
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -13,6 +15,7 @@ use kube::core::Selector;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::CONFIG_HASH_ANNOTATION;
+use crate::plan::agents::{AgentPlan, Edit, INIT_CONTAINER_NAME, MOUNT_PATH, VOLUME_NAME};
 use crate::plan::env::{NODE_NAME_VAR, POD_NAME_VAR, RESOURCE_ATTRIBUTES_VAR};
 use crate::plan::{WorkloadId, WorkloadPlan};
 
@@ -94,5 +97,62 @@ pub fn verdict(pod: &Pod, plan: &WorkloadPlan) -> String {
             );
         }
     }
+    if let Some(agent) = &plan.agent.plan
+        && let Some(missing) = agent_missing(pod, agent)
+    {
+        return format!("missing {missing} in pod {}", pod.name_any());
+    }
     VERIFIED.to_string()
+}
+
+/// What `pod` lacks of the agent plan, if anything.
+fn agent_missing(pod: &Pod, agent: &AgentPlan) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == INIT_CONTAINER_NAME);
+    if !init {
+        return Some(format!(
+            "the {} agent's init container {INIT_CONTAINER_NAME}",
+            agent.language
+        ));
+    }
+    // The first joined variable is the one that starts the agent.
+    let startup = agent.vars.iter().find_map(|v| match &v.edit {
+        Edit::Join { before, after, .. } => {
+            Some((v.name, if after.is_empty() { before } else { after }))
+        }
+        Edit::Default(_) => None,
+    });
+    for name in &agent.containers {
+        let Some(c) = spec.containers.iter().find(|c| c.name == *name) else {
+            continue;
+        };
+        let mounted = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == VOLUME_NAME && m.mount_path == MOUNT_PATH);
+        if !mounted {
+            return Some(format!(
+                "the {} agent's volume mount at {MOUNT_PATH} (container {name})",
+                agent.language
+            ));
+        }
+        if let Some((var, flag)) = startup {
+            let value = c
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == var)
+                .and_then(|e| e.value.as_deref())
+                .unwrap_or_default();
+            if !value.contains(flag.as_str()) {
+                return Some(format!("{flag} in {var} (container {name})"));
+            }
+        }
+    }
+    None
 }

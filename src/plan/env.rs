@@ -457,6 +457,7 @@ pub fn plan_workload<'c>(
         vars,
         containers,
         version,
+        agent: super::agents::AgentDecision::default(),
         config_hash,
     }
 }

@@ -39,6 +39,8 @@ pub enum Indexed {
         rollout: Box<WorkloadRollout>,
         /// Per container, the planned variables it sets itself.
         overrides: Vec<(String, Vec<String>)>,
+        /// The agent its pods get, and the containers skipped.
+        agent: super::agents::AgentSummary,
     },
     Remove,
     Conflicted {
@@ -129,6 +131,7 @@ impl PolicyIndex {
                     .filter(|c| !c.user_overrides.is_empty())
                     .map(|c| (c.name.clone(), c.user_overrides.clone()))
                     .collect(),
+                agent: plan.agent.summary(),
                 service: plan.service_name,
             },
             WorkloadAction::Remove => Indexed::Remove,

@@ -14,6 +14,19 @@
 //! | `tracing.caas.io/default-version` | the policy's `service.version` attribute, the last resort |
 //! | `tracing.caas.io/config-hash` | the plan's hash |
 //!
+//! With an OpenTelemetry agent ([`super::agents`]), also:
+//!
+//! | annotation | value |
+//! |---|---|
+//! | `tracing.caas.io/agent` | the language: `nodejs`, `java`, `python`, `dotnet` |
+//! | `tracing.caas.io/agent-image` | the image the init container copies the agent from |
+//! | `tracing.caas.io/agent-command` | the init container's command, space-separated |
+//! | `tracing.caas.io/agent-containers` | the containers that get the agent, comma-separated |
+//! | `tracing.caas.io/agent-resources` | the init container's resources: `limits.cpu=500m,requests.memory=64Mi,...` |
+//! | `tracing.caas.io/agent-volume-size` | the volume's `sizeLimit` |
+//! | `tracing.caas.io/agent-env` | the agent's variable names, comma-separated |
+//! | `agent.tracing.caas.io/<NAME>` | `<how>\|<before>\|<after>`: `space` or `colon` joins `before`, the container's own value and `after` (empty parts left out); `default` sets `before` unless the container sets the variable |
+//!
 //! Plain strings and comma lists, so CEL reads them with `split` and map
 //! look-ups, no JSON parser. Owning annotations never co-owns a container: a
 //! GitOps tool can remove or rename a container of an instrumented workload.
@@ -43,6 +56,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use serde_json::{Value, json};
 
+use super::agents::{INIT_CONTAINER_NAME, INIT_CONTAINER_USER, MOUNT_PATH, VOLUME_NAME};
 use super::env::{
     NODE_NAME_VAR, POD_NAME_VAR, RESOURCE_ATTRIBUTES_VAR, VERSION_TOKEN, VERSION_VAR,
 };
@@ -57,6 +71,17 @@ use crate::workload::{VERSION_LABEL, annotations_digest, env_digest};
 pub const VERSION_ANNOTATION: &str = "tracing.caas.io/version";
 /// Pod-template annotation: the policy's `service.version` attribute.
 pub const DEFAULT_VERSION_ANNOTATION: &str = "tracing.caas.io/default-version";
+
+/// Pod-template annotations of an agent plan (see the module documentation).
+pub const AGENT_ANNOTATION: &str = "tracing.caas.io/agent";
+pub const AGENT_IMAGE_ANNOTATION: &str = "tracing.caas.io/agent-image";
+pub const AGENT_COMMAND_ANNOTATION: &str = "tracing.caas.io/agent-command";
+pub const AGENT_CONTAINERS_ANNOTATION: &str = "tracing.caas.io/agent-containers";
+pub const AGENT_RESOURCES_ANNOTATION: &str = "tracing.caas.io/agent-resources";
+pub const AGENT_VOLUME_SIZE_ANNOTATION: &str = "tracing.caas.io/agent-volume-size";
+pub const AGENT_ENV_ANNOTATION: &str = "tracing.caas.io/agent-env";
+/// Prefix of the annotations with how each agent variable is written.
+pub const AGENT_ENV_PREFIX: &str = "agent.tracing.caas.io/";
 
 /// Name of the MutatingAdmissionPolicy and of its binding.
 pub const ADMISSION_POLICY_NAME: &str = "tracing-operator.tracing.caas.io";
@@ -85,6 +110,9 @@ pub fn template_annotations(plan: &WorkloadPlan) -> BTreeMap<String, String> {
     }
     if let Some(v) = &plan.version.fallback {
         out.insert(DEFAULT_VERSION_ANNOTATION.to_string(), v.clone());
+    }
+    if let Some(agent) = &plan.agent.plan {
+        out.extend(super::agents::template_fields(agent));
     }
     out
 }
@@ -367,9 +395,10 @@ pub fn removal_body(id: &WorkloadId) -> Value {
 
 /// The operator's MutatingAdmissionPolicy: at pod CREATE, for pods that carry
 /// the operator's annotations only, it adds the planned variables to each
-/// listed container (see the module documentation). `failurePolicy: Ignore`:
-/// tracing never blocks a pod; the operator checks a pod of each rolled-out
-/// workload instead and reports `InjectionNotApplied`.
+/// listed container (see the module documentation), and with an agent plan the
+/// agent's volume, init container, mounts and variables. `failurePolicy:
+/// Ignore`: tracing never blocks a pod; the operator checks a pod of each
+/// rolled-out workload instead and reports `InjectionNotApplied`.
 pub fn mutating_admission_policy(operator_version: &str) -> Value {
     // A JSON patch, not an apply configuration: `valueFrom.fieldRef` is an atomic
     // struct, which an apply configuration may not set. `C` is the container at
@@ -399,15 +428,116 @@ pub fn mutating_admission_policy(operator_version: &str) -> Value {
     let wanted = format!(
         "!(n in {own}) && !((n == '{POD_NAME_VAR}' || n == '{NODE_NAME_VAR}') && '{RESOURCE_ATTRIBUTES_VAR}' in {own})"
     );
-    let entries = format!("variables.names.filter(n, {wanted}).map(n, {entry})");
+    let sdk_entries = format!("variables.names.filter(n, {wanted}).map(n, {entry})");
+
+    // The agent, per container `i` among `variables.agentTargets`. Its variables
+    // are indexed by `k` (`variables.agentNames[k]`, `variables.agentEdits[k]` =
+    // [how, before, after]); `user` is the container's own value.
+    let edit = |k: &str, user: &str| {
+        format!(
+            "(variables.agentEdits[{k}][0] == 'default' ? string(variables.agentEdits[{k}][1]) : [string(variables.agentEdits[{k}][1]), {user}, string(variables.agentEdits[{k}][2])].filter(x, x != '').join(variables.agentEdits[{k}][0] == 'space' ? ' ' : ':'))"
+        )
+    };
+    let targeted = "(i in variables.agentTargets)";
+    // Variables the container lacks: added after the SDK's.
+    let agent_entries = format!(
+        "({targeted} ? variables.agentIdx.filter(k, !(variables.agentNames[k] in {own})).map(k, Object.spec.containers.env{{name: variables.agentNames[k], value: {}}}) : [])",
+        edit("k", "''")
+    );
+    let entries = format!("({sdk_entries} + {agent_entries})");
     let path = "'/spec/containers/' + string(i) + '/env'";
     // Appended one by one, in order, to an env list the container has; set whole where it has none.
-    let patches = format!(
-        "has({c}.env) ? {entries}.map(e, JSONPatch{{op: 'add', path: {path} + '/-', value: e}}) : (size({entries}) > 0 ? [JSONPatch{{op: 'add', path: {path}, value: {entries}}}] : [])"
+    let env_patches = format!(
+        "(has({c}.env) ? {entries}.map(e, JSONPatch{{op: 'add', path: {path} + '/-', value: e}}) : (size({entries}) > 0 ? [JSONPatch{{op: 'add', path: {path}, value: {entries}}}] : []))"
     );
-    let expression = format!(
-        "variables.targets.map(t, object.spec.containers.map(x, x.name).indexOf(t)).map(i, {patches}).flatten()"
+    // Variables the container sets itself and the agent joins: their value, in place.
+    let at = format!("{own}.indexOf(variables.agentNames[k])");
+    // `string()`: CEL types a list literal mixing these as `dyn` otherwise.
+    let user = format!("(has({c}.env[{at}].value) ? string({c}.env[{at}].value) : '')");
+    let joined = format!(
+        "({targeted} ? variables.agentIdx.filter(k, variables.agentEdits[k][0] != 'default' && variables.agentNames[k] in {own}).map(k, JSONPatch{{op: 'add', path: {path} + '/' + string({at}) + '/value', value: {}}}) : [])",
+        edit("k", &user)
     );
+    let mount = format!(
+        "Object.spec.containers.volumeMounts{{name: '{VOLUME_NAME}', mountPath: '{MOUNT_PATH}', readOnly: true}}"
+    );
+    let mounts = format!(
+        "({targeted} ? [has({c}.volumeMounts) ? JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/volumeMounts/-', value: {mount}}} : JSONPatch{{op: 'add', path: '/spec/containers/' + string(i) + '/volumeMounts', value: [{mount}]}}] : [])"
+    );
+    let per_container = format!(
+        "variables.targets.map(t, object.spec.containers.map(x, x.name).indexOf(t)).map(i, {env_patches} + {joined} + {mounts}).flatten()"
+    );
+
+    // Once per pod with an agent: the volume, the init container, its resources.
+    let volume = format!(
+        "Object.spec.volumes{{name: '{VOLUME_NAME}', emptyDir: Object.spec.volumes.emptyDir{{sizeLimit: variables.ann['{AGENT_VOLUME_SIZE_ANNOTATION}']}}}}"
+    );
+    let init = format!(
+        "Object.spec.initContainers{{name: '{INIT_CONTAINER_NAME}', image: variables.ann['{AGENT_IMAGE_ANNOTATION}'], imagePullPolicy: 'IfNotPresent', command: variables.ann['{AGENT_COMMAND_ANNOTATION}'].split(' '), \
+volumeMounts: [Object.spec.initContainers.volumeMounts{{name: '{VOLUME_NAME}', mountPath: '{MOUNT_PATH}'}}], \
+resources: Object.spec.initContainers.resources{{}}, \
+securityContext: Object.spec.initContainers.securityContext{{runAsNonRoot: true, runAsUser: {INIT_CONTAINER_USER}, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, \
+capabilities: Object.spec.initContainers.securityContext.capabilities{{drop: ['ALL']}}, \
+seccompProfile: Object.spec.initContainers.securityContext.seccompProfile{{type: 'RuntimeDefault'}}}}}}"
+    );
+    let init_at = "'/spec/initContainers/' + string(has(object.spec.initContainers) ? size(object.spec.initContainers) : 0)";
+    let sections = format!(
+        "['limits', 'requests'].filter(s, variables.agentResources.exists(r, r[0] == s)).map(s, JSONPatch{{op: 'add', path: {init_at} + '/resources/' + s, value: {{}}}})"
+    );
+    let quantities = format!(
+        "variables.agentResources.map(r, JSONPatch{{op: 'add', path: {init_at} + '/resources/' + string(r[0]) + '/' + jsonpatch.escapeKey(string(r[1])), value: string(r[2])}})"
+    );
+    let pod = format!(
+        "(size(variables.agentTargets) == 0 ? [] : [\
+has(object.spec.volumes) ? JSONPatch{{op: 'add', path: '/spec/volumes/-', value: {volume}}} : JSONPatch{{op: 'add', path: '/spec/volumes', value: [{volume}]}}, \
+has(object.spec.initContainers) ? JSONPatch{{op: 'add', path: '/spec/initContainers/-', value: {init}}} : JSONPatch{{op: 'add', path: '/spec/initContainers', value: [{init}]}}\
+] + {sections} + {quantities})"
+    );
+    let expression = format!("{per_container} + {pod}");
+
+    // The containers that get the agent: listed, and neither mounting something
+    // at the agent's path nor setting a joined variable with `valueFrom` or
+    // already carrying the agent's flag (a second admission, another injector).
+    let ci = "object.spec.containers[i]";
+    let agent_fit = format!(
+        "!(has({ci}.volumeMounts) && {ci}.volumeMounts.exists(m, m.mountPath == '{MOUNT_PATH}')) && \
+!(has({ci}.env) && variables.agentIdx.exists(k, variables.agentEdits[k][0] != 'default' && {ci}.env.exists(e, e.name == variables.agentNames[k] && \
+(has(e.valueFrom) || (has(e.value) && ((variables.agentEdits[k][1] != '' && e.value.contains(variables.agentEdits[k][1])) || (variables.agentEdits[k][2] != '' && e.value.contains(variables.agentEdits[k][2]))))))))"
+    );
+    let agent_off = format!(
+        "variables.agent == '' || (has(object.spec.volumes) && object.spec.volumes.exists(v, v.name == '{VOLUME_NAME}')) || object.spec.containers.exists(x, x.name == '{INIT_CONTAINER_NAME}') || (has(object.spec.initContainers) && object.spec.initContainers.exists(x, x.name == '{INIT_CONTAINER_NAME}'))"
+    );
+    let agent_variables = [
+        json!({ "name": "agent", "expression": format!(
+            "'{AGENT_ANNOTATION}' in variables.ann && '{AGENT_CONTAINERS_ANNOTATION}' in variables.ann && '{AGENT_ENV_ANNOTATION}' in variables.ann && '{AGENT_IMAGE_ANNOTATION}' in variables.ann && '{AGENT_COMMAND_ANNOTATION}' in variables.ann && '{AGENT_VOLUME_SIZE_ANNOTATION}' in variables.ann ? variables.ann['{AGENT_ANNOTATION}'] : ''"
+        ) }),
+        json!({ "name": "agentNames", "expression": format!(
+            "variables.agent == '' ? [] : variables.ann['{AGENT_ENV_ANNOTATION}'].split(',').filter(n, n != '' && '{AGENT_ENV_PREFIX}' + n in variables.ann)"
+        ) }),
+        json!({ "name": "agentIdx", "expression": "variables.agentNames.map(n, variables.agentNames.indexOf(n))" }),
+        json!({ "name": "agentEdits", "expression": format!(
+            "variables.agentNames.map(n, (variables.ann['{AGENT_ENV_PREFIX}' + n] + '||').split('|'))"
+        ) }),
+        json!({ "name": "agentResources", "expression": format!(
+            "variables.agent == '' || !('{AGENT_RESOURCES_ANNOTATION}' in variables.ann) ? [] : variables.ann['{AGENT_RESOURCES_ANNOTATION}'].split(',').filter(r, r.contains('.') && r.contains('=')).map(r, [r.split('.', 2)[0], r.split('.', 2)[1].split('=', 2)[0], r.split('=', 2)[1]]).filter(r, r[0] == 'limits' || r[0] == 'requests')"
+        ) }),
+        json!({ "name": "agentTargets", "expression": format!(
+            "{agent_off} ? [] : variables.targets.filter(t, t in variables.ann['{AGENT_CONTAINERS_ANNOTATION}'].split(',')).map(t, object.spec.containers.map(x, x.name).indexOf(t)).filter(i, {agent_fit})"
+        ) }),
+    ];
+    let mut variables = vec![
+        json!({ "name": "ann", "expression": "object.metadata.annotations" }),
+        json!({ "name": "containers", "expression": format!("variables.ann['{INJECT_ANNOTATION}'].split(',')") }),
+        json!({ "name": "names", "expression": format!("variables.ann['{ENV_NAMES_ANNOTATION}'].split(',')") }),
+        json!({ "name": "targets", "expression": "object.spec.containers.map(c, c.name).filter(n, n in variables.containers)" }),
+        json!({ "name": "podVersion", "expression": format!(
+            "has(object.metadata.labels) && '{VERSION_LABEL}' in object.metadata.labels ? object.metadata.labels['{VERSION_LABEL}'] : ('{VERSION_ANNOTATION}' in variables.ann ? variables.ann['{VERSION_ANNOTATION}'] : '')"
+        ) }),
+        json!({ "name": "defaultVersion", "expression": format!(
+            "'{DEFAULT_VERSION_ANNOTATION}' in variables.ann ? variables.ann['{DEFAULT_VERSION_ANNOTATION}'] : ''"
+        ) }),
+    ];
+    variables.extend(agent_variables);
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingAdmissionPolicy",
@@ -433,18 +563,7 @@ pub fn mutating_admission_policy(operator_version: &str) -> Value {
             }],
             "failurePolicy": "Ignore",
             "reinvocationPolicy": "Never",
-            "variables": [
-                { "name": "ann", "expression": "object.metadata.annotations" },
-                { "name": "containers", "expression": format!("variables.ann['{INJECT_ANNOTATION}'].split(',')") },
-                { "name": "names", "expression": format!("variables.ann['{ENV_NAMES_ANNOTATION}'].split(',')") },
-                { "name": "targets", "expression": "object.spec.containers.map(c, c.name).filter(n, n in variables.containers)" },
-                { "name": "podVersion", "expression": format!(
-                    "has(object.metadata.labels) && '{VERSION_LABEL}' in object.metadata.labels ? object.metadata.labels['{VERSION_LABEL}'] : ('{VERSION_ANNOTATION}' in variables.ann ? variables.ann['{VERSION_ANNOTATION}'] : '')"
-                ) },
-                { "name": "defaultVersion", "expression": format!(
-                    "'{DEFAULT_VERSION_ANNOTATION}' in variables.ann ? variables.ann['{DEFAULT_VERSION_ANNOTATION}'] : ''"
-                ) },
-            ],
+            "variables": variables,
             "mutations": [{
                 "patchType": "JSONPatch",
                 "jsonPatch": { "expression": expression },

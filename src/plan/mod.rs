@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::api::{Placement, Protocol, TracingPolicySpec};
 
+pub mod agents;
 pub mod collector;
 pub mod env;
 pub mod explain;
@@ -95,6 +96,8 @@ pub struct WorkloadPlan {
     /// Only the instrumented containers, in pod order.
     pub containers: Vec<ContainerPlan>,
     pub version: VersionPlan,
+    /// The OpenTelemetry agent its pods get, if any, and the containers skipped.
+    pub agent: agents::AgentDecision,
     /// Short hash of everything planned; written as `tracing.caas.io/config-hash`.
     pub config_hash: String,
 }
@@ -134,6 +137,11 @@ pub enum PlanError {
     #[error("spec.selector.{field}: {message}")]
     InvalidSelector {
         field: &'static str,
+        message: String,
+    },
+    #[error("spec.instrumentation.{language}.selector: {message}")]
+    InvalidAgentSelector {
+        language: &'static str,
         message: String,
     },
 }
@@ -224,6 +232,7 @@ pub struct Planner<'a> {
     /// `None` while the policy is being deleted: its selector is not even
     /// compiled, so an invalid selector never blocks a deletion.
     selection: Option<(selection::Selection, BTreeSet<&'a str>)>,
+    languages: agents::Languages,
 }
 
 impl<'a> Planner<'a> {
@@ -232,18 +241,22 @@ impl<'a> Planner<'a> {
         snapshot: &'a Snapshot<'a>,
         ownership: &'a precedence::Ownership<'a>,
     ) -> Result<Self, PlanError> {
-        let selection = if policy.deleting {
-            None
+        let (selection, languages) = if policy.deleting {
+            (None, agents::Languages::default())
         } else {
             let selection = selection::Selection::new(&policy.spec, snapshot.operator_namespace)?;
             let namespaces = selection.selected_namespaces(snapshot.namespaces);
-            Some((selection, namespaces))
+            (
+                Some((selection, namespaces)),
+                agents::Languages::new(&policy.spec)?,
+            )
         };
         Ok(Planner {
             policy,
             snapshot,
             ownership,
             selection,
+            languages,
         })
     }
 
@@ -287,14 +300,7 @@ impl<'a> Planner<'a> {
                 Some(winner) => WorkloadAction::Conflicted {
                     winner: winner.name.clone(),
                 },
-                None => WorkloadAction::Apply(env::plan_workload(
-                    self.policy,
-                    self.snapshot.operator_namespace,
-                    self.snapshot.namespaces.get(&*w.id.namespace),
-                    w,
-                    selection.containers(w),
-                    self.snapshot.injection,
-                )),
+                None => WorkloadAction::Apply(self.plan(selection, w)),
             })
         } else if carries_ours
             && self
@@ -306,6 +312,29 @@ impl<'a> Planner<'a> {
         } else {
             None
         }
+    }
+}
+
+impl Planner<'_> {
+    /// The plan of a workload this policy selects and owns: the SDK env, then
+    /// its agent, which (when one reaches the pods) enters the config hash.
+    fn plan(&self, selection: &selection::Selection, w: &Workload) -> WorkloadPlan {
+        let containers: Vec<&Container> = selection.containers(w).collect();
+        let mut plan = env::plan_workload(
+            self.policy,
+            self.snapshot.operator_namespace,
+            self.snapshot.namespaces.get(&*w.id.namespace),
+            w,
+            containers.iter().copied(),
+            self.snapshot.injection,
+        );
+        plan.agent = self
+            .languages
+            .decide(w, &containers, &plan.vars, self.snapshot.injection);
+        if let Some(agent) = &plan.agent.plan {
+            plan.config_hash = agents::config_hash(&plan.config_hash, agent);
+        }
+        plan
     }
 }
 

@@ -18,9 +18,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{
-    Mode, PlannedChange, TracingPolicySpec, TracingPolicyStatus, UserOverride, WorkloadCounts,
-    WorkloadIssue,
+    AgentSkip, Mode, PlannedChange, TracingPolicySpec, TracingPolicyStatus, UserOverride,
+    WorkloadCounts, WorkloadIssue,
 };
+use crate::plan::agents::{AgentSummary, Language};
 use crate::plan::{Injection, WorkloadId};
 
 /// Longest lists kept in status; counts stay exact.
@@ -88,6 +89,8 @@ pub struct StatusInput<'a> {
     pub selected: i32,
     /// Variables the selected workloads set themselves, in workload order.
     pub overrides: &'a [Overrides<'a>],
+    /// The agents of the selected workloads that have a language, in workload order.
+    pub agents: &'a [(&'a WorkloadId, &'a AgentSummary)],
     pub outcomes: &'a [(WorkloadId, Outcome)],
     pub problems: &'a [Problem],
     pub collector: Option<crate::api::CollectorStatus>,
@@ -159,6 +162,53 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
                     variable: variable.clone(),
                 });
             }
+        }
+    }
+    let mut agents_skipped = Vec::new();
+    for (id, agent) in input.agents {
+        let counter = match agent.language {
+            Some(Language::NodeJs) => Some(&mut counts.agents.nodejs),
+            Some(Language::Java) => Some(&mut counts.agents.java),
+            Some(Language::Python) => Some(&mut counts.agents.python),
+            Some(Language::DotNet) => Some(&mut counts.agents.dotnet),
+            None => None,
+        };
+        if let Some(n) = counter {
+            *n += 1;
+        }
+        if !agent.skipped.is_empty() {
+            counts.agents.skipped += 1;
+        }
+        for skip in &agent.skipped {
+            if agents_skipped.len() < MAX_LISTED {
+                agents_skipped.push(AgentSkip {
+                    kind: id.kind.to_string(),
+                    namespace: id.namespace.to_string(),
+                    name: id.name.to_string(),
+                    container: skip.container.clone().unwrap_or_default(),
+                    language: skip.language.clone(),
+                    reason: skip.reason.reason().to_string(),
+                    message: skip.message(),
+                });
+            }
+        }
+    }
+    // A failed workload with an agent: say that its rollback takes the agent
+    // out of this workload only.
+    for failure in &mut failures {
+        let language = input.agents.iter().find_map(|(id, a)| {
+            (id.kind.as_str() == failure.kind
+                && *id.namespace == *failure.namespace
+                && *id.name == *failure.name)
+                .then_some(a.language)
+                .flatten()
+        });
+        if let Some(language) = language {
+            failure.message.push_str(&agent_failure_note(
+                language,
+                input.spec.rollout.on_failure,
+                &failure.reason,
+            ));
         }
     }
     counts.summary = format!("{}/{}", counts.up_to_date, counts.selected);
@@ -323,6 +373,7 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         workloads: counts,
         failures,
         user_overrides,
+        agents_skipped,
         unavailable,
         waiting,
         injection: Some(input.injection.as_str().to_string()),
@@ -361,6 +412,25 @@ pub fn only_progress(previous: &TracingPolicyStatus, new: &TracingPolicyStatus) 
         && previous.injection == new.injection
         && previous.sampling == new.sampling
         && previous.backends == new.backends
+}
+
+/// What a failure of a workload with the `language` agent adds to its message.
+fn agent_failure_note(
+    language: Language,
+    on_failure: crate::api::OnFailure,
+    reason: &str,
+) -> String {
+    if reason == crate::plan::rollout::REASON_APPLY_REJECTED {
+        return format!(" (the workload's pods would get the {language} agent)");
+    }
+    match on_failure {
+        crate::api::OnFailure::Rollback => format!(
+            "; the {language} agent is removed from this workload only (its pods go back to their template without it; other workloads keep theirs)"
+        ),
+        _ => format!(
+            "; its pods carry the {language} agent, which may keep them from becoming available"
+        ),
+    }
 }
 
 fn issue(id: &WorkloadId, reason: &str, message: &str) -> WorkloadIssue {
@@ -593,6 +663,7 @@ mod tests {
                 .filter(|(_, o)| !matches!(o, Outcome::Conflicted { .. }))
                 .count() as i32,
             overrides: &[],
+            agents: &[],
             outcomes,
             problems,
             collector: None,
@@ -654,6 +725,7 @@ mod tests {
             previous,
             selected: 2,
             overrides: &overrides,
+            agents: &[],
             outcomes: &outcomes,
             problems: &[],
             collector: None,
@@ -894,6 +966,7 @@ mod tests {
                 previous: None,
                 selected: 1,
                 overrides: &[],
+                agents: &[],
                 outcomes: &outcomes,
                 problems: &[],
                 collector,
@@ -997,5 +1070,87 @@ mod tests {
         let mut next_generation = moved.clone();
         next_generation.observed_generation = Some(4);
         assert!(!only_progress(&moved, &next_generation));
+    }
+
+    #[test]
+    fn agents_are_counted_skips_listed_and_a_failed_agent_workload_says_what_rollback_removes() {
+        use crate::plan::agents::{Skip, SkipReason};
+        let spec = spec();
+        let (gateway, auth, legacy) = (id("gateway"), id("auth"), id("legacy"));
+        let node = AgentSummary {
+            language: Some(Language::NodeJs),
+            skipped: vec![],
+        };
+        let java = AgentSummary {
+            language: Some(Language::Java),
+            skipped: vec![],
+        };
+        let own_sdk = AgentSummary {
+            language: None,
+            skipped: vec![Skip {
+                container: Some("app".into()),
+                language: "nodejs".into(),
+                reason: SkipReason::SdkPresent("OTEL_SERVICE_NAME".into()),
+            }],
+        };
+        let agents = [(&gateway, &node), (&auth, &java), (&legacy, &own_sdk)];
+        let outcomes = vec![
+            (gateway.clone(), Outcome::UpToDate),
+            (
+                auth.clone(),
+                Outcome::Failed {
+                    reason: "PodsNotReady".into(),
+                    message: "0/1 pods ready after 10m".into(),
+                },
+            ),
+            (legacy.clone(), Outcome::UpToDate),
+        ];
+        let s = compute(&StatusInput {
+            generation: Some(3),
+            spec: &spec,
+            previous: None,
+            selected: 3,
+            overrides: &[],
+            agents: &agents,
+            outcomes: &outcomes,
+            problems: &[],
+            collector: None,
+            injection: Injection::Admission,
+            now: time(1),
+        });
+        let a = &s.workloads.agents;
+        assert_eq!(
+            (a.nodejs, a.java, a.python, a.dotnet, a.skipped),
+            (1, 1, 0, 0, 1)
+        );
+        assert_eq!(s.agents_skipped.len(), 1);
+        let skip = &s.agents_skipped[0];
+        assert_eq!(
+            (
+                skip.name.as_str(),
+                skip.container.as_str(),
+                skip.reason.as_str()
+            ),
+            ("legacy", "app", "SdkPresent")
+        );
+        assert!(
+            skip.message.contains("OTEL_SERVICE_NAME"),
+            "{}",
+            skip.message
+        );
+        let failure = &s.failures[0];
+        assert_eq!(failure.name, "auth");
+        assert!(
+            failure.message.starts_with(
+                "0/1 pods ready after 10m; the java agent is removed from this workload only"
+            ),
+            "{}",
+            failure.message
+        );
+        // Without agents nothing is added to status.
+        let plain = status_of(&spec, None, &outcomes, &[], 1);
+        assert!(plain.workloads.agents.is_zero());
+        assert!(plain.agents_skipped.is_empty());
+        assert_eq!(plain.failures[0].message, "0/1 pods ready after 10m");
     }
 }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer};
 
 pub use crate::api::WorkloadKind;
 use crate::api::{ANNOTATION_PREFIX, ENV_VALUE_PREFIX, FIELD_MANAGER};
+use crate::plan::injection::AGENT_ENV_PREFIX;
 
 pub mod cronjob;
 pub mod daemonset;
@@ -494,7 +495,9 @@ pub fn reads_annotation(key: &str) -> bool {
 
 /// The operator's own pod-template annotations (admission injection).
 pub fn is_operator_template_annotation(key: &str) -> bool {
-    key.starts_with(ANNOTATION_PREFIX) || key.starts_with(ENV_VALUE_PREFIX)
+    key.starts_with(ANNOTATION_PREFIX)
+        || key.starts_with(ENV_VALUE_PREFIX)
+        || key.starts_with(AGENT_ENV_PREFIX)
 }
 
 /// The order-independent digest of a set of annotations, as [`Template::ours`] holds it.
@@ -539,7 +542,10 @@ impl<'de> Deserialize<'de> for ReadAnnotations {
                             ours.push((key.clone(), value.clone()));
                         }
                         // Of the operator's own values, keep only what planning reads directly.
-                        if theirs || !key.starts_with(ENV_VALUE_PREFIX) {
+                        if theirs
+                            || !(key.starts_with(ENV_VALUE_PREFIX)
+                                || key.starts_with(AGENT_ENV_PREFIX))
+                        {
                             kept.insert(key, value);
                         }
                     } else {

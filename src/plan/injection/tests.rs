@@ -35,6 +35,7 @@ fn plan(version: VersionPlan, overrides: &[&str]) -> WorkloadPlan {
             user_overrides: overrides.iter().map(|s| s.to_string()).collect(),
         }],
         version,
+        agent: Default::default(),
         config_hash: "0123456789abcdef".into(),
     }
 }
