@@ -111,9 +111,31 @@ impl CollectorStores {
     pub async fn wait_until_ready(
         &self,
     ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
-        self.config_maps.wait_until_ready().await?;
-        self.deployments.wait_until_ready().await?;
-        self.services.wait_until_ready().await
+        store_ready(&self.config_maps).await?;
+        store_ready(&self.deployments).await?;
+        store_ready(&self.services).await
+    }
+}
+
+/// How often a waiter for a store looks again (see [`store_ready`]).
+const READY_RECHECK: Duration = Duration::from_millis(200);
+
+/// `store.wait_until_ready()`, safe for concurrent waiters. kube's wakes only
+/// the task that polled it last (a oneshot channel keeps one waker): with the
+/// readiness probe and a reconcile waiting at once, one of them waited forever
+/// (the operator never ready, or a policy never reconciled again). Waiting in
+/// short rounds registers each waiter again; once ready, it returns at once.
+async fn store_ready<K>(
+    store: &Store<K>,
+) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(READY_RECHECK, store.wait_until_ready()).await {
+            return ready;
+        }
     }
 }
 

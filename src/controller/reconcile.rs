@@ -492,6 +492,15 @@ enum Write {
     Remove {
         id: WorkloadId,
     },
+    /// Check a pod again of a rolled-out workload recorded as missing the plan,
+    /// and record the verdict only if it changed: once admission is restored
+    /// and the workload restarted, its pods carry the plan and the policy must
+    /// not stay `Degraded` on a verdict about a pod that is gone.
+    Recheck {
+        id: WorkloadId,
+        annotations: BTreeMap<String, String>,
+        recorded: String,
+    },
 }
 
 /// Carries out the rollout: the writes its steps call for (within the write
@@ -566,6 +575,21 @@ async fn enforce(
                 starts: false,
                 verify: false,
             }),
+            RolloutStep::UpToDate if ctx.injection == Injection::Admission => entry
+                .workload
+                .annotations
+                .get(INJECTION_ANNOTATION)
+                .filter(|verdict| *verdict != verify::VERIFIED)
+                .map(|recorded| Write::Recheck {
+                    id: s.id.clone(),
+                    annotations: rollout::recorded_annotations(
+                        policy,
+                        &hash,
+                        live_applied_at.as_deref(),
+                        None,
+                    ),
+                    recorded: recorded.clone(),
+                }),
             RolloutStep::RollBack { reason, message } => Some(Write::Rollback {
                 id: s.id.clone(),
                 annotations: rollout::rollback_annotations(policy, &hash, reason, message, now),
@@ -642,7 +666,10 @@ enum WriteResult {
 
 fn write_id(write: &Write) -> &WorkloadId {
     match write {
-        Write::Plan { id, .. } | Write::Rollback { id, .. } | Write::Remove { id } => id,
+        Write::Plan { id, .. }
+        | Write::Rollback { id, .. }
+        | Write::Remove { id }
+        | Write::Recheck { id, .. } => id,
     }
 }
 
@@ -727,6 +754,34 @@ async fn perform(
             String::new(),
             WriteResult::Removed,
         ),
+        Write::Recheck {
+            id: ref wid,
+            mut annotations,
+            recorded,
+        } => {
+            let Some(plan) = index.plan_of(planner, wid) else {
+                return (id, outcome, None);
+            };
+            match verify::check(&ctx.client, wid, &plan).await {
+                Ok(Some(verdict)) if verdict != recorded => {
+                    info!(workload = %wid, %policy, %verdict, "checked a pod again");
+                    annotations.insert(INJECTION_ANNOTATION.to_string(), verdict);
+                }
+                Ok(_) => return (id, outcome, Some(WriteResult::Done)),
+                Err(error) => {
+                    return (
+                        id,
+                        outcome,
+                        Some(WriteResult::Transient(format!(
+                            "checking a pod of {wid}: {error}"
+                        ))),
+                    );
+                }
+            }
+            let body =
+                injection::apply_body(ctx.injection, wid, &plan, live.as_deref(), &annotations);
+            (body, plan.config_hash, WriteResult::Done)
+        }
     };
     match ctx.writer.apply_workload(&id, &body).await {
         Ok(stored) => {

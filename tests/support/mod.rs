@@ -10,6 +10,8 @@
 pub mod admission;
 pub mod apiserver;
 pub mod audit;
+pub mod histogram;
+pub mod injection;
 pub mod jaeger;
 pub mod nodes;
 pub mod operator_writes;

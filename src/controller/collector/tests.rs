@@ -455,3 +455,38 @@ fn secret_key_names_are_reused_for_a_while_and_then_read_again() {
     cache.forget("obs", "vendor");
     assert_eq!(cache.get("obs", "vendor", t0), None);
 }
+
+/// The readiness probe and a reconcile wait for the collector caches at the
+/// same time: both must go on once the caches have synced (kube's own
+/// `Store::wait_until_ready` wakes only the last of them).
+#[tokio::test]
+async fn every_concurrent_waiter_sees_the_collector_caches_ready() {
+    use kube::runtime::reflector::store::Writer;
+    let mut config_maps = Writer::<ConfigMap>::new(());
+    let mut deployments = Writer::<Deployment>::new(());
+    let mut services = Writer::<Service>::new(());
+    let stores = CollectorStores {
+        config_maps: config_maps.as_reader(),
+        deployments: deployments.as_reader(),
+        services: services.as_reader(),
+        secret_keys: SecretKeys::default(),
+    };
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let stores = stores.clone();
+            tokio::spawn(async move { stores.wait_until_ready().await })
+        })
+        .collect();
+    // Both waiters are parked on the first store before it is ready.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    config_maps.apply_watcher_event(&Event::InitDone);
+    deployments.apply_watcher_event(&Event::InitDone);
+    services.apply_watcher_event(&Event::InitDone);
+    for waiter in waiters {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiter saw the caches ready")
+            .expect("the waiter did not panic")
+            .expect("the stores' writers are alive");
+    }
+}

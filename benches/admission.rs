@@ -1,0 +1,706 @@
+//! What admission injection costs when pods are created: `--deployments`
+//! Deployments (20) scaled from 0 to `--replicas` (50), 1,000 pods, on a live
+//! testbed, in three phases, each in a namespace of its own:
+//!
+//! - `unbound`: the operator's MutatingAdmissionPolicyBinding deleted: no
+//!   admission policy in force, the baseline;
+//! - `bound`: the binding in place, no TracingPolicy selecting the pods: what
+//!   every pod of the cluster pays (the policy's match condition only);
+//! - `traced`: a TracingPolicy selects the Deployments: each pod gets the plan
+//!   at admission.
+//!
+//! The figures are the API server's own, as deltas over each phase's pod
+//! creations: the MutatingAdmissionPolicy's metrics
+//! (`apiserver_mutating_admission_policy_check_*`), its admission plugin's and
+//! the whole mutating step's for CREATEs (`apiserver_admission_*`), the request
+//! latency of pod CREATEs (`apiserver_request_duration_seconds`), and the same
+//! latency exactly, per request, from the testbed's audit log. p50 and p99 of a
+//! histogram are its bucket bounds (and Prometheus' interpolation within them).
+//! Nothing is asserted: these are figures to read.
+//!
+//! Run it against a cluster of its own (no other tracing-operator; room for
+//! 1,000 pods): `cargo bench --bench admission` with `KUBECONFIG` set (`testbed/testbed env`);
+//! options after `--`: `--deployments N --replicas N --rounds N`. The operator's
+//! logs are in `target/bench-admission/`. The API server's figures do not depend
+//! on how the benchmark itself was built, so `--profile dev` saves the release build.
+//! Under `cargo test --all-targets` (no `--bench` argument) it returns at once.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use support::histogram::{Histogram, counter, scrape};
+use support::injection::{ADMISSION_POLICY, wait_admission};
+use support::process::OperatorProcess;
+
+/// Namespaces the benchmark creates carry this label with value [`SCENARIO`].
+const SCENARIO_LABEL: &str = "bench.tracing.caas.io/scenario";
+const SCENARIO: &str = "admission";
+/// Which phase a namespace belongs to (the TracingPolicy selects `traced`).
+const PHASE_LABEL: &str = "bench.tracing.caas.io/phase";
+const POLICY: &str = "bench-admission";
+const OPERATOR_NAMESPACE: &str = "tracing-operator-bench";
+
+#[derive(Debug)]
+struct Options {
+    deployments: usize,
+    replicas: i32,
+    rounds: usize,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        let mut o = Options {
+            deployments: 20,
+            replicas: 50,
+            rounds: 1,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut number = |name: &str| -> Result<usize> {
+                let v = it.next().with_context(|| format!("{name} needs a value"))?;
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("{name}: {v:?} is not a positive number"))
+            };
+            match arg.as_str() {
+                "--bench" => {}
+                "--deployments" => o.deployments = number(arg)?,
+                "--replicas" => o.replicas = i32::try_from(number(arg)?)?,
+                "--rounds" => o.rounds = number(arg)?,
+                other => bail!(
+                    "unknown argument {other:?}; known: --deployments N --replicas N --rounds N"
+                ),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "admission: skipped outside `cargo bench` (needs a testbed cluster and minutes); see the doc comment of benches/admission.rs"
+        );
+        return;
+    }
+    let options = match Options::parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("admission: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("admission: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(&options)) {
+        eprintln!("admission: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Unbound,
+    Bound,
+    Traced,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Unbound => "unbound",
+            Phase::Bound => "bound",
+            Phase::Traced => "traced",
+        }
+    }
+}
+
+/// What one phase measured.
+struct Figures {
+    phase: Phase,
+    pods: usize,
+    injected: usize,
+    creates: f64,
+    seconds: f64,
+    request: Histogram,
+    audit: Vec<f64>,
+    plugin: Histogram,
+    step: Histogram,
+    policy: Histogram,
+    policy_errors: f64,
+}
+
+async fn run(o: &Options) -> Result<()> {
+    let client = support::client().await;
+    let crd = support::repo().join("crds").join("tracingpolicy.yaml");
+    kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/tracingpolicies.tracing.caas.io",
+    ])?;
+    remove_leftovers(&client).await?;
+    let dir = support::repo().join("target").join("bench-admission");
+    std::fs::create_dir_all(&dir)?;
+    let pods_total = o.deployments * usize::try_from(o.replicas)?;
+    println!(
+        "admission: {} Deployments x {} replicas = {pods_total} pods per phase, {} round(s)",
+        o.deployments, o.replicas, o.rounds
+    );
+
+    let mut all = Vec::new();
+    let mut operator = start_operator(&dir, "operator-1").await?;
+    for round in 1..=o.rounds {
+        for phase in [Phase::Unbound, Phase::Bound, Phase::Traced] {
+            if phase == Phase::Unbound {
+                // The operator puts its binding in place when it starts: delete it now.
+                kubectl(&[
+                    "delete",
+                    "mutatingadmissionpolicybinding",
+                    ADMISSION_POLICY,
+                    "--ignore-not-found",
+                ])?;
+            } else if phase == Phase::Bound {
+                drop(operator);
+                operator = start_operator(&dir, &format!("operator-{round}-bound")).await?;
+            }
+            let f = measure(&client, o, round, phase).await?;
+            print_phase(&f, round);
+            all.push((round, f));
+        }
+    }
+    drop(operator);
+    summary(&all);
+    Ok(())
+}
+
+fn kubectl(args: &[&str]) -> Result<String> {
+    let out = support::kubectl()
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn start_operator(dir: &std::path::Path, name: &str) -> Result<OperatorProcess> {
+    let mut op = OperatorProcess::start(
+        name,
+        dir,
+        &support::kubeconfig(),
+        &["--namespace", OPERATOR_NAMESPACE],
+        &[],
+    );
+    let t = Instant::now();
+    loop {
+        if let Some(status) = op.exit_status() {
+            bail!(
+                "the operator exited with {status}; log: {}",
+                op.log_path().display()
+            );
+        }
+        let port = op.metrics_addr.port();
+        let ready = tokio::task::spawn_blocking(move || support::http_get(port, "/readyz"))
+            .await?
+            .is_ok_and(|(code, _, _)| code == 200);
+        if ready {
+            return Ok(op);
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "the operator was not ready in 120 s; log: {}",
+            op.log_path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes what an interrupted run left: the policy (its finalizer dropped:
+/// no operator runs yet) and the benchmark's namespaces, waiting until they are gone.
+async fn remove_leftovers(client: &Client) -> Result<()> {
+    let _ = kubectl(&[
+        "delete",
+        "tracingpolicy",
+        POLICY,
+        "--ignore-not-found",
+        "--wait=false",
+    ]);
+    let _ = kubectl(&[
+        "patch",
+        "tracingpolicy",
+        POLICY,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let selector = format!("{SCENARIO_LABEL}={SCENARIO}");
+    for ns in namespaces
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let _ = namespaces
+            .delete(&ns.name_any(), &DeleteParams::default())
+            .await;
+    }
+    wait(
+        Duration::from_secs(300),
+        "leftover namespaces are gone",
+        || {
+            let namespaces = namespaces.clone();
+            let selector = selector.clone();
+            async move {
+                Ok(namespaces
+                    .list(&ListParams::default().labels(&selector))
+                    .await?
+                    .items
+                    .is_empty())
+            }
+        },
+    )
+    .await
+}
+
+async fn wait<F, Fut>(timeout: Duration, what: &str, mut probe: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let t = Instant::now();
+    loop {
+        if probe().await? {
+            return Ok(());
+        }
+        ensure!(t.elapsed() < timeout, "timed out after {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn bench_deployment(name: &str) -> Deployment {
+    let env: Vec<serde_json::Value> = (1..=5)
+        .map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}")}))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": name}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, "app.kubernetes.io/name": name}},
+                "spec": {"containers": [{
+                    "name": "app",
+                    "image": "registry.local/bench-app:1.0.0",
+                    "env": env,
+                    "ports": [{"containerPort": 8080}],
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}
+                }]}
+            }
+        }
+    }))
+    .expect("deployment manifest")
+}
+
+async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Result<Figures> {
+    let ns = format!("bench-adm-{}-{}", phase.name(), support::suffix());
+    let phase_value = format!("{}-{round}", phase.name());
+    let namespace: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {SCENARIO_LABEL: SCENARIO, PHASE_LABEL: phase_value}}
+    }))?;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    wait_admission(client, &ns, phase != Phase::Unbound).await;
+
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let names: Vec<String> = (0..o.deployments).map(|i| format!("svc-{i:02}")).collect();
+    for name in &names {
+        deployments
+            .create(&PostParams::default(), &bench_deployment(name))
+            .await?;
+    }
+    let policies = Api::<kube::api::DynamicObject>::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<tracing_operator::api::TracingPolicy>(&()),
+    );
+    if phase == Phase::Traced {
+        let policy = json!({
+            "apiVersion": "tracing.caas.io/v1alpha1",
+            "kind": "TracingPolicy",
+            "metadata": {"name": POLICY},
+            "spec": {
+                "selector": {"namespaces": {"matchLabels": {PHASE_LABEL: phase_value}}},
+                "collector": {"enabled": false},
+                "backends": [{"name": "jaeger", "type": "jaeger", "endpoint": "http://jaeger.observability.svc:4317"}],
+                "rollout": {"strategy": "Immediate"}
+            }
+        });
+        policies
+            .patch(
+                POLICY,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(&policy),
+            )
+            .await?;
+        wait(
+            Duration::from_secs(180),
+            "every Deployment's template carries the plan",
+            || {
+                let deployments = deployments.clone();
+                async move {
+                    let list = deployments.list(&ListParams::default()).await?.items;
+                    Ok(list.len() == o.deployments
+                        && list.iter().all(|d| {
+                            d.spec
+                                .template
+                                .metadata
+                                .as_ref()
+                                .and_then(|m| m.annotations.as_ref())
+                                .is_some_and(|a| a.contains_key("tracing.caas.io/inject"))
+                        }))
+                }
+            },
+        )
+        .await?;
+    }
+    // Let the Deployments' own status writes settle before the window opens.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let before = scrape()?;
+    let audit_from = Timestamp::now();
+    let started = Instant::now();
+    let replicas = o.replicas;
+    stream::iter(names.clone())
+        .map(|name| {
+            let deployments = deployments.clone();
+            async move {
+                deployments
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(10)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let want = o.deployments * usize::try_from(o.replicas)?;
+    wait(
+        Duration::from_secs(600),
+        "every pod is created and Ready",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let ready: i32 = deployments
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter_map(|d| d.status.as_ref()?.ready_replicas)
+                    .sum();
+                Ok(usize::try_from(ready).unwrap_or(0) >= want)
+            }
+        },
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = scrape()?;
+
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let injected = pods
+        .iter()
+        .filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .flat_map(|c| c.env.iter().flatten())
+                    .any(|e| e.name == "OTEL_SERVICE_NAME")
+            })
+        })
+        .count();
+    let request_labels = [
+        ("verb", "POST"),
+        ("resource", "pods"),
+        ("subresource", ""),
+        ("dry_run", ""),
+    ];
+    let plugin_labels = [
+        ("name", "MutatingAdmissionPolicy"),
+        ("operation", "CREATE"),
+        ("type", "admit"),
+    ];
+    let step_labels = [("operation", "CREATE"), ("type", "admit")];
+    let policy_labels = [("policy", ADMISSION_POLICY)];
+    let created_labels = [
+        ("verb", "POST"),
+        ("resource", "pods"),
+        ("subresource", ""),
+        ("code", "201"),
+    ];
+    let counted = |name: &str, labels: &[(&str, &str)]| {
+        counter(&after, name, labels) - counter(&before, name, labels)
+    };
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        Histogram::read(&after, name, labels).since(&Histogram::read(&before, name, labels))
+    };
+    let figures = Figures {
+        phase,
+        pods: pods.len(),
+        injected,
+        creates: counted("apiserver_request_total", &created_labels),
+        seconds,
+        request: delta("apiserver_request_duration_seconds", &request_labels),
+        audit: audit_latencies(&ns, audit_from)?,
+        plugin: delta(
+            "apiserver_admission_controller_admission_duration_seconds",
+            &plugin_labels,
+        ),
+        step: delta(
+            "apiserver_admission_step_admission_duration_seconds",
+            &step_labels,
+        ),
+        policy: delta(
+            "apiserver_mutating_admission_policy_check_duration_seconds",
+            &policy_labels,
+        ),
+        policy_errors: counted(
+            "apiserver_mutating_admission_policy_check_total",
+            &policy_labels,
+        ) - counted(
+            "apiserver_mutating_admission_policy_check_total",
+            &[("policy", ADMISSION_POLICY), ("error_type", "no_error")],
+        ),
+    };
+
+    // Tear down before the next phase opens its window.
+    if phase == Phase::Traced {
+        policies.delete(POLICY, &DeleteParams::default()).await?;
+        wait(Duration::from_secs(120), "the policy is deleted", || {
+            let policies = policies.clone();
+            async move { Ok(policies.get_opt(POLICY).await?.is_none()) }
+        })
+        .await?;
+    }
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    wait(
+        Duration::from_secs(300),
+        "the phase's namespace is gone",
+        || {
+            let namespaces = namespaces.clone();
+            let ns = ns.clone();
+            async move { Ok(namespaces.get_opt(&ns).await?.is_none()) }
+        },
+    )
+    .await?;
+    Ok(figures)
+}
+
+/// The latency of each pod CREATE in `ns` since `from` (stage `ResponseComplete`
+/// minus `requestReceived`), in seconds, from the testbed's audit log; empty
+/// when the cluster has no such log.
+fn audit_latencies(ns: &str, from: Timestamp) -> Result<Vec<f64>> {
+    let path = support::audit::log_path();
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut files = vec![path.clone()];
+    if let Some(dir) = path.parent() {
+        for entry in std::fs::read_dir(dir)? {
+            let file = entry?.path();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.starts_with("audit-") && name.ends_with(".log") {
+                files.push(file);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let object = &e["objectRef"];
+            if e["stage"] != "ResponseComplete"
+                || e["verb"] != "create"
+                || object["resource"] != "pods"
+                || object.get("subresource").is_some()
+                || object["namespace"] != ns
+            {
+                continue;
+            }
+            let at = |key: &str| e[key].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+            let (Some(received), Some(done)) =
+                (at("requestReceivedTimestamp"), at("stageTimestamp"))
+            else {
+                continue;
+            };
+            if received < from {
+                continue;
+            }
+            let took = done.duration_since(received);
+            out.push(took.as_secs_f64());
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+/// The `q` quantile of sorted `values` (nearest rank).
+fn exact_quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.3} ms", seconds * 1000.0)
+}
+
+/// `p50 0.123 ms (bucket 0-5 ms)`-style text for a histogram's quantile.
+fn quantile_text(h: &Histogram, q: f64) -> String {
+    match (h.quantile(q), h.quantile_bounds(q)) {
+        (Some(v), Some((lo, hi))) => {
+            let hi = if hi.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                ms(hi)
+            };
+            format!("{} (bucket {} .. {hi})", ms(v), ms(lo))
+        }
+        _ => "-".to_string(),
+    }
+}
+
+fn histogram_text(h: &Histogram) -> String {
+    format!(
+        "n {}  mean {}  p50 {}  p99 {}",
+        h.count,
+        h.mean().map_or("-".to_string(), ms),
+        quantile_text(h, 0.5),
+        quantile_text(h, 0.99)
+    )
+}
+
+fn print_phase(f: &Figures, round: usize) {
+    println!("\n== round {round}, phase {} ==", f.phase.name());
+    println!(
+        "  pods {} (created by POST: {}), carrying the plan {}; scale-up to all Ready {:.1} s",
+        f.pods, f.creates, f.injected, f.seconds
+    );
+    println!(
+        "  pod CREATE request latency (apiserver_request_duration_seconds): {}",
+        histogram_text(&f.request)
+    );
+    println!(
+        "  pod CREATE request latency (audit log, exact, n {}): mean {}  p50 {}  p99 {}",
+        f.audit.len(),
+        if f.audit.is_empty() {
+            "-".to_string()
+        } else {
+            ms(f.audit.iter().sum::<f64>() / f.audit.len() as f64)
+        },
+        exact_quantile(&f.audit, 0.5).map_or("-".to_string(), ms),
+        exact_quantile(&f.audit, 0.99).map_or("-".to_string(), ms),
+    );
+    println!(
+        "  MutatingAdmissionPolicy plugin, every CREATE: {}",
+        histogram_text(&f.plugin)
+    );
+    println!(
+        "  mutating admission step, every CREATE: {}",
+        histogram_text(&f.step)
+    );
+    println!(
+        "  the policy's own mutation ({ADMISSION_POLICY}): {}; errors {}",
+        histogram_text(&f.policy),
+        f.policy_errors
+    );
+}
+
+fn summary(all: &[(usize, Figures)]) {
+    println!("\n== summary: added per pod CREATE, against the unbound phase of the same round ==");
+    let mut by_round: BTreeMap<usize, Vec<&Figures>> = BTreeMap::new();
+    for (round, f) in all {
+        by_round.entry(*round).or_default().push(f);
+    }
+    for (round, figures) in by_round {
+        let get = |p: Phase| figures.iter().find(|f| f.phase == p).copied();
+        let Some(base) = get(Phase::Unbound) else {
+            continue;
+        };
+        for phase in [Phase::Bound, Phase::Traced] {
+            let Some(f) = get(phase) else { continue };
+            let per_pod = |h: &Histogram, b: &Histogram| {
+                if f.pods == 0 {
+                    "-".to_string()
+                } else {
+                    ms((h.sum - b.sum) / f.pods as f64)
+                }
+            };
+            let audit_delta =
+                |q: f64| match (exact_quantile(&f.audit, q), exact_quantile(&base.audit, q)) {
+                    (Some(a), Some(b)) => ms(a - b),
+                    _ => "-".to_string(),
+                };
+            println!(
+                "  round {round} {:<8} plugin time per pod {:>10}  mutating step per pod {:>10}  \
+                 pod CREATE p50 {:>10}  p99 {:>10} (audit)  policy p99 {}",
+                phase.name(),
+                per_pod(&f.plugin, &base.plugin),
+                per_pod(&f.step, &base.step),
+                audit_delta(0.5),
+                audit_delta(0.99),
+                match f.policy.quantile_bounds(0.99) {
+                    Some((lo, hi)) if f.policy.count > 0.0 =>
+                        format!("in {} .. {}", ms(lo), ms(hi)),
+                    _ => "- (not invoked)".to_string(),
+                }
+            );
+        }
+    }
+}
