@@ -199,6 +199,12 @@ pub(super) async fn reconcile_policy(
 
     let now = Timestamp::now();
     let held = |id: &WorkloadId| !collectors.serving.contains(&*id.namespace);
+    let held_as = |id: &WorkloadId| match collectors.waiting.get(&*id.namespace) {
+        Some(message) => Outcome::WaitingForCollector {
+            message: message.clone(),
+        },
+        None => held_outcome(id),
+    };
     let rollout = match rollout::plan_rollout(
         &policy.spec.rollout,
         now,
@@ -237,7 +243,7 @@ pub(super) async fn reconcile_policy(
                 variables,
             }));
             if held(id) {
-                outcomes.push((id.clone(), held_outcome(id)));
+                outcomes.push((id.clone(), held_as(id)));
             }
         }
     }
@@ -339,7 +345,7 @@ fn injection_problems(state: &PolicyState) -> Vec<Problem> {
 fn held_outcome(id: &WorkloadId) -> Outcome {
     Outcome::Held {
         reason: format!(
-            "its collector in namespace {} cannot start (see the Degraded condition)",
+            "a collector the workloads in namespace {} send through cannot serve (see the Degraded condition)",
             id.namespace
         ),
     }
@@ -746,6 +752,7 @@ fn count_states(outcomes: &[(WorkloadId, Outcome)]) -> crate::runtime::metrics::
             Outcome::Queued
             | Outcome::Paused { .. }
             | Outcome::Held { .. }
+            | Outcome::WaitingForCollector { .. }
             | Outcome::WaitingForOwner { .. } => s.waiting += 1,
             Outcome::Failed { .. } => s.failed += 1,
             Outcome::Conflicted { .. } => s.conflicted += 1,

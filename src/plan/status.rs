@@ -45,6 +45,8 @@ pub enum Outcome {
     WaitingForOwner { message: String },
     /// Left as it is: the collector it would send to cannot start.
     Held { reason: String },
+    /// Left as it is until the collector it would send to has a ready replica.
+    WaitingForCollector { message: String },
     /// Applying or removing failed, or the rollout missed its deadline.
     Failed { reason: String, message: String },
     /// Another policy owns it.
@@ -116,6 +118,10 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
                 counts.waiting += 1;
                 waiting.push(issue(id, "WaitingForOwner", message));
             }
+            Outcome::WaitingForCollector { message } => {
+                counts.waiting += 1;
+                waiting.push(issue(id, "WaitingForCollector", message));
+            }
             Outcome::Held { .. } => {}
             Outcome::Failed { reason, message } => {
                 counts.failed += 1;
@@ -166,15 +172,28 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
     let degraded = !problems.is_empty();
     let rolled = crate::plan::rollout::rolled_out_summary(counts.up_to_date, counts.selected);
     let owners = waiting.len();
+    let for_collector = waiting
+        .iter()
+        .filter(|w| w.reason == "WaitingForCollector")
+        .count();
     let progressing = counts.rolling_out > 0 || queued > 0 || owners > 0;
     let mut progress = format!(
         "{rolled} ({} rolling out, {queued} waiting for a slot",
         counts.rolling_out
     );
-    if owners > 0 {
+    if owners > for_collector {
         progress.push_str(&format!(
-            ", {owners} waiting for their owner; see status.waiting"
+            ", {} waiting for their owner",
+            owners - for_collector
         ));
+    }
+    if for_collector > 0 {
+        progress.push_str(&format!(
+            ", {for_collector} waiting for their collector to be ready"
+        ));
+    }
+    if owners > 0 {
+        progress.push_str("; see status.waiting");
     }
     progress.push(')');
     let paused = paused_by.as_ref().map(|by| {
@@ -746,6 +765,24 @@ mod tests {
         let s2 = status_of(&spec, Some(&s1), &done, &[], 20);
         assert_eq!(get(&s2, "Ready").last_transition_time, time(20));
         assert_eq!(get(&s2, "Degraded").last_transition_time, time(10));
+    }
+
+    #[test]
+    fn workloads_waiting_for_their_collector_progress_without_degrading() {
+        let spec = spec();
+        let outcomes = vec![(
+            id("a"),
+            Outcome::WaitingForCollector {
+                message: "waiting for the collector samplers to have a ready replica".into(),
+            },
+        )];
+        let s = status_of(&spec, None, &outcomes, &[], 1);
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Degraded").status, "False");
+        assert_eq!(get(&s, "Progressing").status, "True");
+        assert_eq!(s.waiting[0].reason, "WaitingForCollector");
+        assert_eq!(s.workloads.waiting, 1);
+        assert_eq!(kstatus_conditions(&s), ("True".into(), "False".into()));
     }
 
     #[test]
