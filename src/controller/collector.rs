@@ -502,40 +502,86 @@ pub async fn reconcile(
         .collect()
         .await;
 
-    // Each tier: its problems, or whether it can take spans (in Enforce: only
-    // a tier with a ready replica; DryRun applies nothing, so it judges the plan).
-    let mut judged: BTreeMap<TierRef, Judged> = BTreeMap::new();
+    let results: Vec<(TierRef, Vec<Problem>, Readiness)> = results
+        .into_iter()
+        .map(|(tier, p)| {
+            let live = readiness(deployment_of(ctx, name, &tier).as_deref());
+            (tier, p, live)
+        })
+        .collect();
+    let judged = judge(
+        name,
+        spec,
+        operator_ns,
+        selected_namespaces,
+        enforce,
+        &results,
+    );
+    problems.extend(judged.problems);
+    let readiness_of: BTreeMap<&TierRef, &Readiness> =
+        results.iter().map(|(t, _, r)| (t, r)).collect();
+    let live = |tier: &TierRef| {
+        readiness_of
+            .get(tier)
+            .map_or(Readiness::Absent, |r| (*r).clone())
+    };
+    CollectorOutcome {
+        problems,
+        status: Some(collector_status(name, spec, operator_ns, &wanted, live)),
+        serving: judged.serving,
+        waiting: judged.waiting,
+    }
+}
+
+/// What the tiers' problems and readiness mean for the namespaces they serve.
+#[derive(Debug, Default, PartialEq)]
+pub struct Verdict {
+    pub problems: Vec<Problem>,
+    pub serving: BTreeSet<String>,
+    pub waiting: BTreeMap<String, String>,
+}
+
+/// Judges each planned tier (its planning/apply problems and the readiness of
+/// its Deployment) and then each selected namespace: served when every tier
+/// it sends through serves, waiting while one comes up, held otherwise. In
+/// DryRun nothing is applied, so only the plan is judged.
+pub fn judge(
+    policy: &str,
+    spec: &TracingPolicySpec,
+    operator_ns: &str,
+    selected_namespaces: &[String],
+    enforce: bool,
+    tiers: &[(TierRef, Vec<Problem>, Readiness)],
+) -> Verdict {
+    let mut judged: BTreeMap<&TierRef, Judged> = BTreeMap::new();
     let mut collector_problems = Vec::new();
-    for (tier, p) in results {
-        let live = deployment_of(ctx, name, &tier);
+    for (tier, p, live) in tiers {
         let state = if !p.is_empty() {
             Judged::Broken
         } else if !enforce {
             Judged::Serving
         } else {
-            match readiness(live.as_deref()) {
+            match live {
                 Readiness::Ready { .. } => Judged::Serving,
-                Readiness::Absent => Judged::Waiting(starting(&tier, name, None)),
+                Readiness::Absent => Judged::Waiting(starting(tier, policy, None)),
                 Readiness::Starting { replicas } => {
-                    Judged::Waiting(starting(&tier, name, Some(replicas)))
+                    Judged::Waiting(starting(tier, policy, Some(*replicas)))
                 }
                 Readiness::Unavailable { replicas } => {
-                    collector_problems.push(unavailable(&tier, name, replicas));
+                    collector_problems.push(unavailable(tier, policy, *replicas));
                     Judged::Broken
                 }
                 Readiness::Stuck { replicas, message } => {
-                    collector_problems.push(stuck(&tier, name, replicas, &message));
+                    collector_problems.push(stuck(tier, policy, *replicas, message));
                     Judged::Broken
                 }
             }
         };
-        collector_problems.extend(p);
+        collector_problems.extend(p.iter().cloned());
         judged.insert(tier, state);
     }
     collector_problems.sort_by(|a, b| (a.reason, &a.message).cmp(&(b.reason, &b.message)));
-    problems.extend(bounded(collector_problems));
 
-    // A namespace is served when every tier it sends through serves.
     let mut serving = BTreeSet::new();
     let mut waiting = BTreeMap::new();
     for ns in selected_namespaces {
@@ -560,9 +606,8 @@ pub async fn reconcile(
             }
         }
     }
-    CollectorOutcome {
-        problems,
-        status: Some(collector_status(ctx, name, spec, operator_ns, &wanted)),
+    Verdict {
+        problems: bounded(collector_problems),
         serving,
         waiting,
     }
@@ -634,13 +679,15 @@ fn passing_on(tier: Tier) -> &'static str {
     }
 }
 
-/// `status.collector`: the workloads' endpoint, and with tail sampling each tier.
-fn collector_status(
-    ctx: &Context,
+/// `status.collector`: the workloads' endpoint, and with tail sampling each
+/// tier's replicas and ready replicas, from `live` (the readiness of a tier's
+/// Deployment).
+pub fn collector_status(
     policy: &str,
     spec: &TracingPolicySpec,
     operator_ns: &str,
     wanted: &BTreeSet<TierRef>,
+    live: impl Fn(&TierRef) -> Readiness,
 ) -> CollectorStatus {
     let mut routers = CollectorTierStatus {
         endpoint: status_endpoint(policy, spec, operator_ns),
@@ -654,7 +701,7 @@ fn collector_status(
         ..CollectorTierStatus::default()
     };
     for tier in wanted {
-        let live = readiness(deployment_of(ctx, policy, tier).as_deref());
+        let live = live(tier);
         let planned = match tier.tier {
             Tier::Sampler => spec.collector.sampling.replicas,
             Tier::Single | Tier::Router => spec.collector.replicas,

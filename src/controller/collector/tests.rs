@@ -548,3 +548,178 @@ fn write_fixture_bodies() {
         std::fs::write(dir.join(format!("{name}.json")), b.to_string()).expect("write body");
     }
 }
+
+const TAIL_PER_NAMESPACE: &str = r#"
+sampling: {tail: {keepErrors: true}}
+collector: {placement: PerNamespace, namespace: observability, replicas: 2, sampling: {replicas: 3}}
+backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
+"#;
+
+fn tier_ref(ns: &str, tier: Tier) -> TierRef {
+    TierRef {
+        namespace: ns.into(),
+        tier,
+    }
+}
+
+fn ready(ready: i32, replicas: i32) -> Readiness {
+    Readiness::Ready { ready, replicas }
+}
+
+/// Routers in team-a and team-b, samplers in observability, with these states.
+fn judged(routers_a: Readiness, routers_b: Readiness, samplers: Readiness) -> Verdict {
+    let spec = spec(TAIL_PER_NAMESPACE);
+    let tiers = vec![
+        (tier_ref("team-a", Tier::Router), vec![], routers_a),
+        (tier_ref("team-b", Tier::Router), vec![], routers_b),
+        (tier_ref("observability", Tier::Sampler), vec![], samplers),
+    ];
+    let selected = ["team-a".to_string(), "team-b".to_string()];
+    judge("caas", &spec, "tracing-operator", &selected, true, &tiers)
+}
+
+#[test]
+fn a_namespace_is_served_only_when_its_routers_and_the_samplers_are_ready() {
+    let all = judged(ready(2, 2), ready(1, 2), ready(3, 3));
+    assert!(all.problems.is_empty(), "{:?}", all.problems);
+    assert_eq!(
+        all.serving,
+        BTreeSet::from(["team-a".to_string(), "team-b".to_string()])
+    );
+
+    // Samplers that lost every pod after their rollout: nobody is switched,
+    // and the policy is Degraded naming the samplers.
+    let down = judged(
+        ready(2, 2),
+        ready(2, 2),
+        Readiness::Unavailable { replicas: 3 },
+    );
+    assert!(down.serving.is_empty() && down.waiting.is_empty());
+    assert_eq!(down.problems.len(), 1);
+    assert_eq!(down.problems[0].reason, REASON_UNAVAILABLE);
+    assert!(
+        down.problems[0].message.contains(
+            "collector samplers (Deployment observability/caas-sampler) have no ready replica (0/3)"
+        ),
+        "{}",
+        down.problems[0].message
+    );
+
+    // One namespace's routers stuck past their deadline: only that namespace is held.
+    let stuck = judged(
+        ready(2, 2),
+        Readiness::Stuck {
+            replicas: 2,
+            message: "timed out".into(),
+        },
+        ready(3, 3),
+    );
+    assert_eq!(stuck.serving, BTreeSet::from(["team-a".to_string()]));
+    assert_eq!(stuck.problems[0].reason, REASON_STUCK);
+    assert!(stuck.problems[0].message.contains("team-b/caas-collector"));
+
+    // Samplers still coming up: the workloads wait, nothing is Degraded.
+    let starting = judged(
+        ready(2, 2),
+        ready(2, 2),
+        Readiness::Starting { replicas: 3 },
+    );
+    assert!(starting.problems.is_empty());
+    assert!(starting.serving.is_empty());
+    assert_eq!(starting.waiting.len(), 2);
+    assert!(
+        starting.waiting["team-a"].contains("samplers"),
+        "{:?}",
+        starting.waiting
+    );
+}
+
+#[test]
+fn a_tier_with_a_problem_holds_its_namespaces_and_dry_run_judges_the_plan() {
+    let spec = spec(TAIL_PER_NAMESPACE);
+    let missing = Problem {
+        reason: "SecretNotFound",
+        message:
+            "spec.backends[jaeger].headersSecretRef: Secret observability/vendor does not exist"
+                .into(),
+    };
+    let tiers = vec![
+        (tier_ref("team-a", Tier::Router), vec![], Readiness::Absent),
+        (
+            tier_ref("observability", Tier::Sampler),
+            vec![missing.clone()],
+            Readiness::Absent,
+        ),
+    ];
+    let selected = ["team-a".to_string()];
+    for enforce in [true, false] {
+        let v = judge(
+            "caas",
+            &spec,
+            "tracing-operator",
+            &selected,
+            enforce,
+            &tiers,
+        );
+        assert_eq!(v.problems, vec![missing.clone()]);
+        assert!(v.serving.is_empty() && v.waiting.is_empty());
+    }
+    // DryRun applies nothing, so absent Deployments do not hold a good plan.
+    let fine = vec![
+        (tier_ref("team-a", Tier::Router), vec![], Readiness::Absent),
+        (
+            tier_ref("observability", Tier::Sampler),
+            vec![],
+            Readiness::Absent,
+        ),
+    ];
+    let dry = judge("caas", &spec, "tracing-operator", &selected, false, &fine);
+    assert_eq!(dry.serving, BTreeSet::from(["team-a".to_string()]));
+}
+
+#[test]
+fn status_counts_each_tiers_ready_replicas() {
+    let spec = spec(TAIL_PER_NAMESPACE);
+    let wanted = collector_tiers(
+        &spec,
+        "tracing-operator",
+        &["team-a".to_string(), "team-b".to_string()],
+    );
+    let status = collector_status("caas", &spec, "tracing-operator", &wanted, |t| {
+        match (t.namespace.as_str(), t.tier) {
+            ("team-a", Tier::Router) => ready(2, 2),
+            ("team-b", Tier::Router) => Readiness::Starting { replicas: 2 },
+            ("observability", Tier::Sampler) => ready(1, 3),
+            other => panic!("unexpected tier {other:?}"),
+        }
+    });
+    let routers = status.routers.expect("routers with tail sampling");
+    let samplers = status.samplers.expect("samplers with tail sampling");
+    assert_eq!((routers.replicas, routers.ready_replicas), (4, 2));
+    assert_eq!((samplers.replicas, samplers.ready_replicas), (3, 1));
+    assert_eq!(status.ready_replicas, 2);
+    assert_eq!(
+        routers.endpoint,
+        "http://caas-collector.<namespace>.svc:4318/v1/traces"
+    );
+    assert_eq!(samplers.endpoint, "caas-sampler.observability.svc:4317");
+
+    // Without tail sampling, one tier: no per-tier sections; the planned
+    // replicas count while the Deployment is absent.
+    let single = spec_without_tail();
+    let wanted = collector_tiers(&single, "tracing-operator", &[]);
+    let status = collector_status("caas", &single, "tracing-operator", &wanted, |_| {
+        Readiness::Absent
+    });
+    assert_eq!(status.routers, None);
+    assert_eq!(status.samplers, None);
+    assert_eq!(status.ready_replicas, 0);
+}
+
+fn spec_without_tail() -> TracingPolicySpec {
+    spec(
+        r#"
+backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
+"#,
+    )
+}
