@@ -10,8 +10,7 @@ use std::process::Command;
 
 use tracing_operator::api::TracingPolicySpec;
 use tracing_operator::plan::collector::{
-    CollectorInput, CollectorPlan, HeaderSecretKeys, SecretVersions, Tier, plan_collector,
-    sampler_namespace,
+    CollectorInput, CollectorPlan, HeaderSecretKeys, Tier, plan_collector, sampler_namespace,
 };
 use tracing_operator::plan::{collector_namespace, sampling};
 
@@ -190,7 +189,6 @@ fn plan_case(case: &Case) -> anyhow::Result<Vec<CollectorPlan>> {
     } else {
         &[(Tier::Single, &namespace)]
     };
-    let versions = SecretVersions::new();
     let mut plans = Vec::new();
     for (tier, ns) in tiers {
         plans.push(plan_collector(&CollectorInput {
@@ -200,7 +198,6 @@ fn plan_case(case: &Case) -> anyhow::Result<Vec<CollectorPlan>> {
             namespace: ns,
             sampler_namespace: &samplers,
             header_secret_keys: &keys,
-            secret_versions: &versions,
             owner: None,
         })?);
     }
@@ -375,7 +372,6 @@ backends: [{name: sink, type: otlp, endpoint: "http://127.0.0.1:9", protocol: ht
         namespace: "observability",
         sampler_namespace: "observability",
         header_secret_keys: &HeaderSecretKeys::new(),
-        secret_versions: &SecretVersions::new(),
         owner: None,
     })?;
     let (http, grpc, health, metrics_port) = (

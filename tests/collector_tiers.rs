@@ -24,8 +24,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 use tracing_operator::api::TracingPolicySpec;
 use tracing_operator::plan::collector::{
-    CollectorInput, HeaderSecretKeys, SecretVersions, Tier, TierRef, collector_tiers,
-    plan_collector,
+    CollectorInput, HeaderSecretKeys, Tier, TierRef, collector_tiers, plan_collector,
 };
 
 const POLICY: &str = "caas";
@@ -244,7 +243,6 @@ fn every_span_of_a_trace_reaches_one_sampler_whichever_router_it_entered_by() ->
             namespace: &tier.namespace,
             sampler_namespace: OPERATOR_NAMESPACE,
             header_secret_keys: &HeaderSecretKeys::new(),
-            secret_versions: &SecretVersions::new(),
             owner: None,
         })
     };

@@ -41,7 +41,7 @@ use support::http_get;
 use support::jaeger::{Jaeger, JaegerTrace};
 use tracing_operator::api::{TracingPolicySpec, WorkloadKind};
 use tracing_operator::plan::collector::{
-    CollectorInput, HeaderSecretKeys, SecretVersions, Tier, metrics, plan_collector,
+    CollectorInput, HeaderSecretKeys, Tier, metrics, plan_collector,
 };
 use tracing_operator::plan::{
     Container, Injection, NamespaceView, PolicyView, WorkloadId, collector_namespace, env,
@@ -454,7 +454,6 @@ fn local_collector_config(
         namespace: &namespace,
         sampler_namespace: &namespace,
         header_secret_keys: &HeaderSecretKeys::new(),
-        secret_versions: &SecretVersions::new(),
         owner: None,
     })?;
     let mut c: Value = serde_saphyr::from_str(&plan.config_yaml)?;

@@ -6,10 +6,8 @@
 //! cached objects differ from the plan; delete what the policy no longer wants.
 //!
 //! Secrets are read one at a time by name (`get`), never listed or watched: the
-//! operator only learns whether a Secret the policy names exists, which keys it
-//! has and its resourceVersion (which goes into the pod template, so a rotated
-//! Secret rolls the collector pods and nothing else). The collector objects are
-//! cached by watches restricted to the label
+//! operator only learns whether a Secret the policy names exists and which keys
+//! it has. The collector objects are cached by watches restricted to the label
 //! `app.kubernetes.io/managed-by=tracing-operator`, so only the operator's own
 //! objects are held in memory.
 //!
@@ -47,7 +45,7 @@ use crate::api::{
 };
 use crate::plan::collector::readiness::{Readiness, readiness};
 use crate::plan::collector::{
-    CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, SecretVersions, Tier, TierRef,
+    CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, Tier, TierRef,
     collector_tiers, config_hash, plan_collector, referenced_secrets, sampler_host,
     sampler_namespace, tiers_of_namespace,
 };
@@ -81,42 +79,33 @@ pub struct CollectorStores {
     pub services: Store<Service>,
     pub pod_disruption_budgets: Store<PodDisruptionBudget>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
-    /// Key names and versions of the Secrets collectors read.
+    /// Key names of the Secrets collectors read.
     pub secret_keys: SecretKeys,
 }
 
-/// Key names and resourceVersions of Secrets found in the last [`SECRET_TTL`],
-/// by namespace and name. Every change of a selected workload reconciles its
-/// policy, so without it a busy cluster would GET the same Secrets many times a
-/// second. A Secret that was missing is never remembered: creating it is seen on
-/// the next retry. A rotation is seen within [`SECRET_TTL`] plus the policy's
-/// Secrets poll.
+/// Key names of Secrets found in the last [`SECRET_TTL`], by namespace and name.
+/// Every change of a selected workload reconciles its policy, so without it a
+/// busy cluster would GET the same Secrets many times a second. A Secret that was missing is
+/// never remembered: creating it is seen on the next retry.
 #[derive(Clone, Default)]
 pub struct SecretKeys(Arc<Mutex<HashMap<SecretId, KeysRead>>>);
 
 /// Namespace and name of a Secret.
 type SecretId = (String, String);
-/// When a Secret was read, and what was read.
-type KeysRead = (Instant, SecretRead);
-
-/// What the operator reads of a Secret: its key names and resourceVersion.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SecretRead {
-    pub keys: BTreeSet<String>,
-    pub version: String,
-}
+/// When a Secret was read, and its key names.
+type KeysRead = (Instant, BTreeSet<String>);
 
 impl SecretKeys {
-    pub fn get(&self, ns: &str, name: &str, now: Instant) -> Option<SecretRead> {
+    pub fn get(&self, ns: &str, name: &str, now: Instant) -> Option<BTreeSet<String>> {
         let map = self.0.lock().ok()?;
-        let (read, found) = map.get(&(ns.to_string(), name.to_string()))?;
-        (now.duration_since(*read) < SECRET_TTL).then(|| found.clone())
+        let (read, keys) = map.get(&(ns.to_string(), name.to_string()))?;
+        (now.duration_since(*read) < SECRET_TTL).then(|| keys.clone())
     }
 
-    pub fn put(&self, ns: &str, name: &str, found: SecretRead, now: Instant) {
+    pub fn put(&self, ns: &str, name: &str, keys: BTreeSet<String>, now: Instant) {
         if let Ok(mut map) = self.0.lock() {
             map.retain(|_, (read, _)| now.duration_since(*read) < SECRET_TTL);
-            map.insert((ns.to_string(), name.to_string()), (now, found));
+            map.insert((ns.to_string(), name.to_string()), (now, keys));
         }
     }
 
@@ -843,34 +832,31 @@ fn consequence(tier: &TierRef) -> String {
 }
 
 /// Reads the Secrets the tier `tier` needs, by name (or from `cache`).
-/// Returns the key names of the header Secrets and the resourceVersion of
-/// every one, or the problems (a Secret or key that is missing).
+/// Returns the key names of the header Secrets, or the problems (a Secret or
+/// key that is missing).
 async fn read_secrets(
     client: &Client,
     cache: &SecretKeys,
     spec: &TracingPolicySpec,
     tier: &TierRef,
-) -> Result<(HeaderSecretKeys, SecretVersions), Vec<Problem>> {
+) -> Result<HeaderSecretKeys, Vec<Problem>> {
     let ns = tier.namespace.as_str();
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     let now = Instant::now();
-    let mut reads: BTreeMap<String, Option<SecretRead>> = BTreeMap::new();
+    let mut keys: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut headers = HeaderSecretKeys::new();
-    let mut versions = SecretVersions::new();
     for secret in referenced_secrets(spec) {
-        if !reads.contains_key(&secret.name) {
+        if !keys.contains_key(&secret.name) {
             let cached = cache.get(ns, &secret.name, now);
             let read = match cached {
                 Some(k) => Ok(Some(k)),
-                None => api.get_opt(&secret.name).await.map(|found| {
-                    found.map(|s| SecretRead {
-                        version: s.metadata.resource_version.clone().unwrap_or_default(),
-                        keys: s.data.unwrap_or_default().into_keys().collect(),
-                    })
-                }),
+                None => api
+                    .get_opt(&secret.name)
+                    .await
+                    .map(|found| found.map(|s| s.data.unwrap_or_default().into_keys().collect())),
             };
-            let found: Option<SecretRead> = match read {
+            let found: Option<BTreeSet<String>> = match read {
                 Ok(found) => found,
                 Err(error) => {
                     problems.push(Problem {
@@ -886,18 +872,12 @@ async fn read_secrets(
                 }
             };
             match &found {
-                Some(k) => {
-                    cache.put(ns, &secret.name, k.clone(), now);
-                    versions.insert(secret.name.clone(), k.version.clone());
-                }
+                Some(k) => cache.put(ns, &secret.name, k.clone(), now),
                 None => cache.forget(ns, &secret.name),
             }
-            reads.insert(secret.name.clone(), found);
+            keys.insert(secret.name.clone(), found);
         }
-        match (
-            reads.get(&secret.name).and_then(Option::as_ref),
-            &secret.key,
-        ) {
+        match (keys.get(&secret.name).and_then(Option::as_ref), &secret.key) {
             (None, _) => problems.push(Problem {
                 reason: "SecretNotFound",
                 message: format!(
@@ -907,7 +887,7 @@ async fn read_secrets(
                     consequence(tier)
                 ),
             }),
-            (Some(present), Some(key)) if !present.keys.contains(key) => {
+            (Some(present), Some(key)) if !present.contains(key) => {
                 // Read it again on the retry: the key may be added to it.
                 cache.forget(ns, &secret.name);
                 problems.push(Problem {
@@ -921,13 +901,13 @@ async fn read_secrets(
                 });
             }
             (Some(present), None) => {
-                headers.insert(secret.name.clone(), present.keys.clone());
+                headers.insert(secret.name.clone(), present.clone());
             }
             (Some(_), Some(_)) => {}
         }
     }
     if problems.is_empty() {
-        Ok((headers, versions))
+        Ok(headers)
     } else {
         Err(problems)
     }
@@ -943,7 +923,7 @@ async fn ensure(
     owner: Option<&OwnerReference>,
     enforce: bool,
 ) -> Vec<Problem> {
-    let (header_secret_keys, secret_versions) = if tier.tier.reads_secrets() {
+    let header_secret_keys = if tier.tier.reads_secrets() {
         match read_secrets(&ctx.client, &ctx.collectors.secret_keys, spec, tier).await {
             Ok(read) => read,
             Err(problems) => return problems,
@@ -959,7 +939,6 @@ async fn ensure(
         namespace: &tier.namespace,
         sampler_namespace: &samplers,
         header_secret_keys: &header_secret_keys,
-        secret_versions: &secret_versions,
         owner,
     }) {
         Ok(plan) => plan,

@@ -3,8 +3,7 @@
 //! ([`config`]) and the objects that run it ([`objects`]).
 //!
 //! Pure like the rest of `plan`: the controller reads what only the cluster knows
-//! (which Secrets exist, the *names* of their keys and their resourceVersions,
-//! never their values) and passes it in; this module returns values to apply.
+//! (which Secrets exist and the *names* of their keys, never their values) and passes it in; this module returns values to apply.
 //!
 //! # Tiers
 //! Without tail sampling one tier, [`Tier::Single`]: a Deployment behind the
@@ -102,10 +101,6 @@ pub const CONTAINER_NAME: &str = "otel-collector";
 pub const RUN_AS_USER: i64 = 10001;
 /// Prefix of the variables that carry backend headers from Secrets.
 pub const HEADER_ENV_PREFIX: &str = "TRACING_OPERATOR_HEADER_";
-/// Pod-template annotation of the collectors that read Secrets: the
-/// resourceVersion of each (`name=version,...`), so a rotated Secret rolls the
-/// collector pods (the variables and files it gives them are read at start).
-pub const SECRET_VERSIONS_ANNOTATION: &str = "tracing.caas.io/secret-versions";
 /// How often the routers resolve the samplers' headless Service.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -113,9 +108,6 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 /// exists in the collector's namespace, by Secret name. The controller reads them
 /// from the cluster; a Secret missing from the map does not exist.
 pub type HeaderSecretKeys = BTreeMap<String, BTreeSet<String>>;
-
-/// The resourceVersion of each Secret a collector reads, by Secret name.
-pub type SecretVersions = BTreeMap<String, String>;
 
 /// A collector tier; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -264,8 +256,6 @@ pub struct CollectorInput<'a> {
     pub sampler_namespace: &'a str,
     /// Key names of the header Secrets in `namespace` (tiers that read Secrets).
     pub header_secret_keys: &'a HeaderSecretKeys,
-    /// resourceVersions of the Secrets in `namespace` the tier reads.
-    pub secret_versions: &'a SecretVersions,
     /// Owner reference to the policy, set on every object so that deleting the
     /// policy deletes them. The controller builds it from the live object
     /// (`controller_owner_ref`); `None` leaves the objects unowned (tests).

@@ -54,10 +54,6 @@ fn plan_tier(spec: &TracingPolicySpec, tier: Tier, header_keys: &[&str]) -> Coll
         "vendor".to_string(),
         header_keys.iter().map(|k| k.to_string()).collect(),
     )]);
-    let versions = SecretVersions::from([
-        ("jaeger-ca".to_string(), "101".to_string()),
-        ("vendor".to_string(), "102".to_string()),
-    ]);
     let owner = owner();
     plan_collector(&CollectorInput {
         policy: "fixture",
@@ -66,7 +62,6 @@ fn plan_tier(spec: &TracingPolicySpec, tier: Tier, header_keys: &[&str]) -> Coll
         namespace: "collector-fixture",
         sampler_namespace: "collector-fixture",
         header_secret_keys: &keys,
-        secret_versions: &versions,
         owner: Some(&owner),
     })
     .expect("fixture plans")
@@ -187,10 +182,6 @@ fn a_changed_applied_field_is_seen() {
     assert!(!is_current(&body(&plan.pod_disruption_budget), &pdb));
     assert!(!deployment_current_after(|d| {
         container(d)["lifecycle"]["preStop"]["sleep"]["seconds"] = 1.into()
-    }));
-    assert!(!deployment_current_after(|d| {
-        d["spec"]["template"]["metadata"]["annotations"]["tracing.caas.io/secret-versions"] =
-            "jaeger-ca=101,vendor=999".into()
     }));
 }
 
@@ -475,7 +466,6 @@ backends:
         "vendor".to_string(),
         BTreeSet::from(["bad key".to_string()]),
     )]);
-    let versions = SecretVersions::new();
     let input = |keys| CollectorInput {
         policy: "p",
         spec: &s,
@@ -483,7 +473,6 @@ backends:
         namespace: "ns",
         sampler_namespace: "ns",
         header_secret_keys: keys,
-        secret_versions: &versions,
         owner: None,
     };
     let error = plan_collector(&input(&keys)).expect_err("a space is not a header name");
@@ -502,10 +491,7 @@ backends:
 fn secret_key_names_are_reused_for_a_while_and_then_read_again() {
     let cache = SecretKeys::default();
     let t0 = Instant::now();
-    let read = SecretRead {
-        keys: BTreeSet::from(["x-api-key".to_string()]),
-        version: "41".into(),
-    };
+    let read = BTreeSet::from(["x-api-key".to_string()]);
     assert_eq!(cache.get("obs", "vendor", t0), None);
     cache.put("obs", "vendor", read.clone(), t0);
     assert_eq!(

@@ -32,8 +32,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     CONFIG_DIR, CONFIG_FILE, CONTAINER_NAME, CollectorInput, DEFAULT_COLLECTOR_IMAGE,
-    HEALTH_CHECK_PORT, HeaderEnv, METRICS_PORT, RUN_AS_USER, SECRET_VERSIONS_ANNOTATION, Tier,
-    referenced_secrets,
+    HEALTH_CHECK_PORT, HeaderEnv, METRICS_PORT, RUN_AS_USER, Tier,
 };
 use crate::api::{CONFIG_HASH_ANNOTATION, POLICY_ANNOTATION, TracingPolicySpec};
 use crate::plan::{COLLECTOR_OTLP_GRPC_PORT, COLLECTOR_OTLP_HTTP_PORT, collector_name};
@@ -228,26 +227,6 @@ pub fn resources(spec: &TracingPolicySpec, tier: Tier) -> ResourceRequirements {
     out
 }
 
-/// `name=resourceVersion,...` of the Secrets the tier reads, in name order;
-/// `None` when it reads none (or is the routers).
-pub fn secret_versions(input: &CollectorInput<'_>) -> Option<String> {
-    if !input.tier.reads_secrets() {
-        return None;
-    }
-    let names: std::collections::BTreeSet<String> = referenced_secrets(input.spec)
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let versions: Vec<String> = names
-        .iter()
-        .map(|name| {
-            let version = input.secret_versions.get(name).map_or("", String::as_str);
-            format!("{name}={version}")
-        })
-        .collect();
-    (!versions.is_empty()).then(|| versions.join(","))
-}
-
 fn deployment(
     input: &CollectorInput<'_>,
     meta: ObjectMeta,
@@ -394,11 +373,8 @@ fn deployment(
         ..Container::default()
     };
 
-    let mut annotations =
+    let annotations =
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())]);
-    if let Some(versions) = secret_versions(input) {
-        annotations.insert(SECRET_VERSIONS_ANNOTATION.to_string(), versions);
-    }
     let selector = tier_selector(input.policy, tier);
     let spread = |key: &str| TopologySpreadConstraint {
         max_skew: 1,

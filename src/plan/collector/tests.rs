@@ -24,7 +24,6 @@ fn input<'a>(
     tier: Tier,
     namespace: &'a str,
     keys: &'a HeaderSecretKeys,
-    versions: &'a SecretVersions,
 ) -> CollectorInput<'a> {
     CollectorInput {
         policy: "caas-production",
@@ -33,7 +32,6 @@ fn input<'a>(
         namespace,
         sampler_namespace: "observability",
         header_secret_keys: keys,
-        secret_versions: versions,
         owner: None,
     }
 }
@@ -53,20 +51,11 @@ fn plan_tier(spec: &TracingPolicySpec, tier: Tier) -> CollectorPlan {
         "jaeger-token".to_string(),
         BTreeSet::from(["authorization".to_string()]),
     )]);
-    let versions = SecretVersions::new();
-    plan_collector(&input(spec, tier, "observability", &keys, &versions)).expect("plan")
+    plan_collector(&input(spec, tier, "observability", &keys)).expect("plan")
 }
 
 fn plan_with(spec: &TracingPolicySpec, keys: &HeaderSecretKeys) -> CollectorPlan {
-    let versions = SecretVersions::new();
-    plan_collector(&input(
-        spec,
-        exporting_tier(spec),
-        "observability",
-        keys,
-        &versions,
-    ))
-    .expect("plan")
+    plan_collector(&input(spec, exporting_tier(spec), "observability", keys)).expect("plan")
 }
 
 fn plan(spec: &TracingPolicySpec) -> CollectorPlan {
@@ -458,12 +447,8 @@ fn header_secret_values_never_reach_the_config_map() {
 
 #[test]
 fn missing_header_secret_is_an_error_naming_it() {
-    let (s, keys, versions) = (
-        spec(HEADERS),
-        HeaderSecretKeys::new(),
-        SecretVersions::new(),
-    );
-    let err = plan_collector(&input(&s, Tier::Single, "observability", &keys, &versions))
+    let (s, keys) = (spec(HEADERS), HeaderSecretKeys::new());
+    let err = plan_collector(&input(&s, Tier::Single, "observability", &keys))
         .expect_err("missing secret");
     assert_eq!(
         err.to_string(),
@@ -477,9 +462,8 @@ fn colliding_header_keys_are_reported() {
         "vendor-auth".to_string(),
         BTreeSet::from(["x-key".to_string(), "x_key".to_string()]),
     )]);
-    let (s, versions) = (spec(HEADERS), SecretVersions::new());
-    let err =
-        plan_collector(&input(&s, Tier::Single, "ns", &keys, &versions)).expect_err("collision");
+    let s = spec(HEADERS);
+    let err = plan_collector(&input(&s, Tier::Single, "ns", &keys)).expect_err("collision");
     assert!(
         matches!(err, CollectorError::HeaderKeyCollision { .. }),
         "{err}"
@@ -681,10 +665,10 @@ fn labels_selector_service_and_owner() {
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let (s, keys, versions) = (spec(BASIC), HeaderSecretKeys::new(), SecretVersions::new());
+    let (s, keys) = (spec(BASIC), HeaderSecretKeys::new());
     let p = plan_collector(&CollectorInput {
         owner: Some(&owner),
-        ..input(&s, Tier::Single, "caas-auth", &keys, &versions)
+        ..input(&s, Tier::Single, "caas-auth", &keys)
     })
     .expect("plan");
     let want = BTreeMap::from([
@@ -765,16 +749,6 @@ fn tier(ns: &str, tier: Tier) -> TierRef {
     }
 }
 
-fn template_annotations(p: &CollectorPlan) -> BTreeMap<String, String> {
-    p.deployment
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default()
-}
-
 #[test]
 fn tail_sampling_runs_routers_where_the_collector_was_and_samplers_once_centrally() {
     let selected = vec!["caas-auth".to_string(), "caas-gateway".to_string()];
@@ -839,15 +813,10 @@ fn routers_pass_each_trace_by_its_id_to_the_samplers_headless_service() {
         json!({"receivers": ["otlp"], "processors": ["memory_limiter", "batch"], "exporters": ["load_balancing"]})
     );
     assert!(c["processors"].get("tail_sampling").is_none());
-    // The routers read no Secret: no header variables, no CA volume, no versions.
+    // The routers read no Secret: no header variables, no CA volume.
     assert!(router.header_env.is_empty());
     let pod = router.deployment.spec.template.spec.as_ref().expect("pod");
     assert!(pod.containers[0].env.is_none());
-    assert!(
-        !template_annotations(&router).contains_key(SECRET_VERSIONS_ANNOTATION),
-        "{:?}",
-        template_annotations(&router)
-    );
     // The Service the workloads send to, as without tail sampling.
     let svc = router.service.spec.as_ref().expect("service spec");
     assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
@@ -982,55 +951,11 @@ fn changing_tail_rules_rolls_only_the_samplers_and_scaling_them_rolls_nothing() 
     );
 
     // PerNamespace: every namespace's routers run the same configuration.
-    let (keys, versions) = (HeaderSecretKeys::new(), SecretVersions::new());
+    let keys = HeaderSecretKeys::new();
     // The routers need no Secret at all.
-    let a =
-        plan_collector(&input(&base, Tier::Router, "caas-a", &keys, &versions)).expect("plan a");
-    let b =
-        plan_collector(&input(&base, Tier::Router, "caas-b", &keys, &versions)).expect("plan b");
+    let a = plan_collector(&input(&base, Tier::Router, "caas-a", &keys)).expect("plan a");
+    let b = plan_collector(&input(&base, Tier::Router, "caas-b", &keys)).expect("plan b");
     assert_eq!(a.config_yaml, b.config_yaml);
-}
-
-#[test]
-fn a_rotated_secret_rolls_the_tier_that_reads_it_and_nothing_else() {
-    let s = spec(
-        r#"
-sampling: {tail: {keepErrors: true}}
-backends:
-  - {name: vendor, type: otlp, endpoint: "https://otlp.example.com:4317", headersSecretRef: {name: vendor-auth},
-     tls: {caSecretRef: {name: vendor-ca, key: ca.crt}}}
-"#,
-    );
-    let keys = vendor_keys();
-    let plan_at = |tier: Tier, vendor: &str| {
-        let versions = SecretVersions::from([
-            ("vendor-auth".to_string(), vendor.to_string()),
-            ("vendor-ca".to_string(), "7".to_string()),
-        ]);
-        plan_collector(&input(&s, tier, "observability", &keys, &versions)).expect("plan")
-    };
-    let before = plan_at(Tier::Sampler, "41");
-    assert_eq!(
-        template_annotations(&before)
-            .get(SECRET_VERSIONS_ANNOTATION)
-            .map(String::as_str),
-        Some("vendor-auth=41,vendor-ca=7")
-    );
-    let after = plan_at(Tier::Sampler, "42");
-    assert_ne!(
-        template_annotations(&after),
-        template_annotations(&before),
-        "a new resourceVersion changes the pod template"
-    );
-    // The configuration itself is the same: only the pods restart.
-    assert_eq!(after.config_yaml, before.config_yaml);
-    // The routers read no Secret, so they do not roll.
-    assert_eq!(
-        plan_at(Tier::Router, "41").deployment,
-        plan_at(Tier::Router, "42").deployment
-    );
-    // A policy without Secrets carries no such annotation.
-    assert!(!template_annotations(&plan(&spec(BASIC))).contains_key(SECRET_VERSIONS_ANNOTATION));
 }
 
 #[test]
