@@ -738,6 +738,13 @@ fn collector_grants() -> BTreeSet<String> {
         "core/services patch",
         "core/services delete",
         "core/secrets get",
+        // Each collector tier's PodDisruptionBudget and the routers' autoscaler.
+        "policy/poddisruptionbudgets create",
+        "policy/poddisruptionbudgets patch",
+        "policy/poddisruptionbudgets delete",
+        "autoscaling/horizontalpodautoscalers create",
+        "autoscaling/horizontalpodautoscalers patch",
+        "autoscaling/horizontalpodautoscalers delete",
     ]
     .into_iter()
     .map(String::from)
@@ -825,6 +832,10 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "core/configmaps watch",
         "core/services list",
         "core/services watch",
+        "policy/poddisruptionbudgets list",
+        "policy/poddisruptionbudgets watch",
+        "autoscaling/horizontalpodautoscalers list",
+        "autoscaling/horizontalpodautoscalers watch",
         "events.k8s.io/events create",
         "events.k8s.io/events patch",
     ]

@@ -36,15 +36,24 @@ fn endpoint(policy: &str, ns: &str) -> String {
     format!("http://{policy}-collector.{ns}.svc:4318/v1/traces")
 }
 
+fn sampler(policy: &str) -> String {
+    format!("{policy}-sampler")
+}
+
 /// The three collector objects of `policy` in `ns`, once all exist.
 async fn collector_objects(
     client: &Client,
     policy: &str,
     ns: &str,
 ) -> (ConfigMap, Deployment, Service) {
-    let name = collector(policy);
+    objects_named(client, &collector(policy), ns).await
+}
+
+/// The ConfigMap, Deployment and Service called `name` in `ns`, once all exist.
+async fn objects_named(client: &Client, name: &str, ns: &str) -> (ConfigMap, Deployment, Service) {
+    let name = name.to_string();
     support::wait_until(
-        &format!("the collector of {policy} exists in {ns}"),
+        &format!("the collector objects {name} exist in {ns}"),
         Duration::from_secs(90),
         || {
             let (client, name) = (client.clone(), name.clone());
@@ -70,9 +79,14 @@ async fn collector_objects(
 
 /// Waits until none of the collector objects of `policy` is left in `ns`.
 async fn collector_gone(client: &Client, policy: &str, ns: &str, why: &str) {
-    let name = collector(policy);
+    gone_named(client, &collector(policy), ns, why).await
+}
+
+/// Waits until none of the objects called `name` is left in `ns`.
+async fn gone_named(client: &Client, name: &str, ns: &str, why: &str) {
+    let name = name.to_string();
     support::wait_until(
-        &format!("the collector of {policy} in {ns} is deleted ({why})"),
+        &format!("the collector objects {name} in {ns} are deleted ({why})"),
         Duration::from_secs(90),
         || {
             let (client, name) = (client.clone(), name.clone());
@@ -133,6 +147,12 @@ fn config_text(cm: &ConfigMap) -> String {
 fn collector_status(p: &TracingPolicy) -> Option<(String, i32)> {
     let c = p.status.as_ref()?.collector.as_ref()?;
     Some((c.endpoint.clone(), c.ready_replicas))
+}
+
+/// `status.collector.samplers`: (replicas, readyReplicas).
+fn sampler_status(p: &TracingPolicy) -> Option<(i32, i32)> {
+    let c = p.status.as_ref()?.collector.as_ref()?.samplers.as_ref()?;
+    Some((c.replicas, c.ready_replicas))
 }
 
 fn degraded(p: &TracingPolicy) -> Option<(String, String, String)> {
@@ -204,21 +224,31 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
     )
     .await;
 
+    // Tail sampling: routers (1) behind the workloads' Service, samplers (2).
     let spec = |tail_ratio: f64| {
         json!({
-            "collector": {"enabled": true, "placement": "Central", "namespace": obs, "replicas": 1},
+            "collector": {"enabled": true, "placement": "Central", "namespace": obs, "replicas": 1,
+                          "sampling": {"replicas": 2}},
             "sampling": {"ratio": 1.0, "tail": {"keepErrors": true, "ratio": tail_ratio}}
         })
     };
     apply_policy(&client, &policy(&test, &test, spec(0.1))).await;
 
-    // The three objects exist in the collector namespace, owned by the policy.
+    // Both tiers' objects exist in the collector namespace, owned by the policy.
     let (cm, d, svc) = collector_objects(&client, &test, &obs).await;
+    let (sampler_cm, sampler_d, sampler_svc) = objects_named(&client, &sampler(&test), &obs).await;
     let p = Api::<TracingPolicy>::all(client.clone())
         .get(&test)
         .await
         .expect("policy exists");
-    for meta in [&cm.metadata, &d.metadata, &svc.metadata] {
+    for meta in [
+        &cm.metadata,
+        &d.metadata,
+        &svc.metadata,
+        &sampler_cm.metadata,
+        &sampler_d.metadata,
+        &sampler_svc.metadata,
+    ] {
         assert_owned_by(meta, &p);
     }
     let ports: BTreeMap<String, i32> = svc
@@ -233,13 +263,30 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
         ports,
         BTreeMap::from([("otlp-grpc".into(), 4317), ("otlp-http".into(), 4318)])
     );
+    // The samplers' Service is headless: its name resolves to the ready samplers.
+    assert_eq!(
+        sampler_svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.as_deref()),
+        Some("None")
+    );
+    // The routers pass each trace by its ID to the samplers, which decide.
+    let router_config = config_text(&cm);
     assert!(
-        config_text(&cm).contains("sampling_percentage: 10"),
+        router_config.contains("routing_key: traceID")
+            && router_config.contains(&format!("hostname: {}.{obs}.svc", sampler(&test)))
+            && !router_config.contains("tail_sampling"),
+        "{router_config}"
+    );
+    assert!(
+        config_text(&sampler_cm).contains("sampling_percentage: 10"),
         "{}",
-        config_text(&cm)
+        config_text(&sampler_cm)
     );
 
-    // The workload exports to it, and the status says where and how many are ready.
+    // The workload exports to the routers, and the status says where and how
+    // many of each tier are ready.
     let want = endpoint(&test, &obs);
     wait_deployment(&client, &apps, "gateway", "exports to the collector", |d| {
         env_of(d, "gateway").get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == Some(&want)
@@ -248,9 +295,10 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
     let p = wait_policy(
         &client,
         &test,
-        "Ready with one ready collector replica",
+        "Ready with one ready router and two ready samplers",
         |p| {
             collector_status(p) == Some((want.clone(), 1))
+                && sampler_status(p) == Some((2, 2))
                 && condition(p, "Ready").as_deref() == Some("True")
         },
     )
@@ -292,16 +340,17 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
         "every reconcile of a converged policy wrote ConfigMaps or Services: {windows:?}"
     );
 
-    // A tail-sampling change rolls the collector and leaves the application alone.
+    // A tail-sampling change rolls only the samplers: not the routers, not the application.
     let app_generation = generation(&client, &apps, "gateway").await;
-    let old_hash = template_hash(&d);
+    let router_generation = generation(&client, &obs, &collector(&test)).await;
+    let old_hash = template_hash(&sampler_d);
     apply_policy(&client, &policy(&test, &test, spec(0.5))).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &obs);
     support::wait_until(
-        "the collector config carries the new tail ratio",
+        "the sampler config carries the new tail ratio",
         Duration::from_secs(60),
         || {
-            let (cms, name) = (cms.clone(), collector(&test));
+            let (cms, name) = (cms.clone(), sampler(&test));
             async move {
                 config_text(&cms.get(&name).await.ok()?)
                     .contains("sampling_percentage: 50")
@@ -313,16 +362,16 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
     let rolled = wait_deployment(
         &client,
         &obs,
-        &collector(&test),
+        &sampler(&test),
         "rolled to the new config",
         |d| template_hash(d) != old_hash,
     )
     .await;
     let new_hash = template_hash(&rolled);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &obs);
-    let selector = format!("app.kubernetes.io/instance={}", collector(&test));
+    let selector = format!("app.kubernetes.io/instance={}", sampler(&test));
     support::wait_until(
-        "a new collector ReplicaSet runs the new config",
+        "a new sampler ReplicaSet runs the new config",
         Duration::from_secs(60),
         || {
             let (replica_sets, selector, new_hash) =
@@ -355,6 +404,7 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
     wait_policy(&client, &test, "Ready after the tail change", |p| {
         condition(p, "Ready").as_deref() == Some("True")
             && collector_status(p).is_some_and(|c| c.1 == 1)
+            && sampler_status(p) == Some((2, 2))
     })
     .await;
     assert_eq!(
@@ -362,10 +412,16 @@ async fn a_central_collector_is_deployed_owned_and_rolled_by_its_config_alone() 
         app_generation,
         "changing tail sampling must not touch the application's Deployment"
     );
+    assert_eq!(
+        generation(&client, &obs, &collector(&test)).await,
+        router_generation,
+        "changing tail sampling must not touch the routers"
+    );
 
-    // Deleting the policy deletes its collector (owner references).
+    // Deleting the policy deletes both tiers (owner references).
     delete_policy(&client, &test).await;
     collector_gone(&client, &test, &obs, "the policy was deleted").await;
+    gone_named(&client, &sampler(&test), &obs, "the policy was deleted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,6 +632,7 @@ async fn turning_the_collector_off_deletes_it_and_workloads_export_to_the_backen
     )
     .await;
     collector_objects(&client, &test, &obs).await;
+    objects_named(&client, &sampler(&test), &obs).await;
     let to_collector = endpoint(&test, &obs);
     wait_deployment(&client, &apps, "gateway", "exports to the collector", |d| {
         env_of(d, "gateway").get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == Some(&to_collector)
@@ -585,6 +642,13 @@ async fn turning_the_collector_off_deletes_it_and_workloads_export_to_the_backen
     // The harness's base spec has the collector off; tail sampling goes with it.
     apply_policy(&client, &policy(&test, &test, json!({}))).await;
     collector_gone(&client, &test, &obs, "the collector was turned off").await;
+    gone_named(
+        &client,
+        &sampler(&test),
+        &obs,
+        "the collector was turned off",
+    )
+    .await;
     let d = wait_deployment(
         &client,
         &apps,

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use tracing_operator::api::TracingPolicySpec;
 use tracing_operator::plan::collector::{
-    CollectorInput, CollectorPlan, HeaderSecretKeys, plan_collector,
+    CollectorInput, CollectorPlan, HeaderSecretKeys, Tier, plan_collector, sampler_namespace,
 };
-use tracing_operator::plan::collector_namespace;
+use tracing_operator::plan::{collector_namespace, sampling};
 
 struct Case {
     name: &'static str,
@@ -169,9 +169,11 @@ backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger.observability.s
     },
 ];
 
-fn plan_case(case: &Case) -> anyhow::Result<CollectorPlan> {
+/// The plan of every tier of the case: the single tier, or the routers and the samplers.
+fn plan_case(case: &Case) -> anyhow::Result<Vec<CollectorPlan>> {
     let spec: TracingPolicySpec = serde_saphyr::from_str(case.spec)?;
     let namespace = collector_namespace(&spec, "tracing-operator", case.workload_namespace);
+    let samplers = sampler_namespace(&spec, "tracing-operator");
     let keys: HeaderSecretKeys = case
         .secrets
         .iter()
@@ -182,13 +184,24 @@ fn plan_case(case: &Case) -> anyhow::Result<CollectorPlan> {
             )
         })
         .collect();
-    Ok(plan_collector(&CollectorInput {
-        policy: "caas-production",
-        spec: &spec,
-        namespace: &namespace,
-        header_secret_keys: &keys,
-        owner: None,
-    })?)
+    let tiers: &[(Tier, &str)] = if sampling::tail_decides(&spec) {
+        &[(Tier::Router, &namespace), (Tier::Sampler, &samplers)]
+    } else {
+        &[(Tier::Single, &namespace)]
+    };
+    let mut plans = Vec::new();
+    for (tier, ns) in tiers {
+        plans.push(plan_collector(&CollectorInput {
+            policy: "caas-production",
+            spec: &spec,
+            tier: *tier,
+            namespace: ns,
+            sampler_namespace: &samplers,
+            header_secret_keys: &keys,
+            owner: None,
+        })?);
+    }
+    Ok(plans)
 }
 
 /// The `${env:NAME}` references in a rendered config.
@@ -206,37 +219,42 @@ fn every_generated_config_passes_collector_validate() -> anyhow::Result<()> {
     let scratch = support::Scratch::new("collector-config")?;
     let mut failures = Vec::new();
     for case in CASES {
-        let plan = plan_case(case)?;
-        // The env the Deployment fills from Secrets is exactly what the config references.
-        let referenced = env_references(&plan.config_yaml);
-        let provided: BTreeSet<String> =
-            plan.header_env.iter().map(|h| h.variable.clone()).collect();
-        assert_eq!(referenced, provided, "{}: env references", case.name);
-        let expected_headers: usize = case.secrets.iter().map(|(_, k)| k.len()).sum();
-        assert_eq!(provided.len(), expected_headers, "{}", case.name);
+        for plan in plan_case(case)? {
+            let name = format!("{}-{}", case.name, plan.tier.as_str());
+            // The env the Deployment fills from Secrets is exactly what the config references.
+            let referenced = env_references(&plan.config_yaml);
+            let provided: BTreeSet<String> =
+                plan.header_env.iter().map(|h| h.variable.clone()).collect();
+            assert_eq!(referenced, provided, "{name}: env references");
+            // Only the tier that exports to the backends reads their Secrets.
+            let expected_headers: usize = match plan.tier {
+                Tier::Router => 0,
+                Tier::Single | Tier::Sampler => case.secrets.iter().map(|(_, k)| k.len()).sum(),
+            };
+            assert_eq!(provided.len(), expected_headers, "{name}");
 
-        let file = scratch.path().join(format!("{}.yaml", case.name));
-        std::fs::write(&file, &plan.config_yaml)?;
-        // Stand-ins for the Secret values, as the kubelet would set them.
-        let env: BTreeMap<String, String> = plan
-            .header_env
-            .iter()
-            .map(|h| (h.variable.clone(), format!("value-of-{}", h.key)))
-            .collect();
-        let out = Command::new(&otelcol)
-            .arg("validate")
-            .arg(format!("--config={}", file.display()))
-            .envs(&env)
-            .output()?;
-        let verdict = if out.status.success() { "ok" } else { "FAILED" };
-        eprintln!("validate {:<52} {verdict}", case.name);
-        if !out.status.success() {
-            failures.push(format!(
-                "{}: {}\n{}",
-                case.name,
-                String::from_utf8_lossy(&out.stderr),
-                plan.config_yaml
-            ));
+            let file = scratch.path().join(format!("{name}.yaml"));
+            std::fs::write(&file, &plan.config_yaml)?;
+            // Stand-ins for the Secret values, as the kubelet would set them.
+            let env: BTreeMap<String, String> = plan
+                .header_env
+                .iter()
+                .map(|h| (h.variable.clone(), format!("value-of-{}", h.key)))
+                .collect();
+            let out = Command::new(&otelcol)
+                .arg("validate")
+                .arg(format!("--config={}", file.display()))
+                .envs(&env)
+                .output()?;
+            let verdict = if out.status.success() { "ok" } else { "FAILED" };
+            eprintln!("validate {name:<60} {verdict}");
+            if !out.status.success() {
+                failures.push(format!(
+                    "{name}: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    plan.config_yaml
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
@@ -249,7 +267,10 @@ fn every_generated_config_passes_collector_validate() -> anyhow::Result<()> {
 fn collector_validate_rejects_broken_configs() -> anyhow::Result<()> {
     let otelcol = support::otelcol()?;
     let scratch = support::Scratch::new("collector-config-broken")?;
-    let plan = plan_case(&CASES[4])?;
+    // The samplers of a tail-sampling case: the tier with both edits' targets.
+    let plan = plan_case(&CASES[4])?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no plan"))?;
     let broken = [
         (
             "misspelt-field",
@@ -343,10 +364,13 @@ sampling:
 backends: [{name: sink, type: otlp, endpoint: "http://127.0.0.1:9", protocol: http}]
 "#,
     )?;
+    // The samplers: the tier that decides.
     let plan = plan_collector(&CollectorInput {
         policy: "rules",
         spec: &spec,
+        tier: Tier::Sampler,
         namespace: "observability",
+        sampler_namespace: "observability",
         header_secret_keys: &HeaderSecretKeys::new(),
         owner: None,
     })?;

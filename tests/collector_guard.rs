@@ -364,7 +364,7 @@ async fn the_admission_policy_refuses_what_the_operator_refuses_naming_each_fiel
             &earlier_name,
             "--type=merge",
             "-p",
-            r#"{"spec":{"collector":{"replicas":2}}}"#,
+            r#"{"spec":{"collector":{"replicas":3}}}"#,
         ])
         .output()
         .expect("kubectl runs");

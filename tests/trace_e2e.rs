@@ -41,7 +41,7 @@ use support::http_get;
 use support::jaeger::{Jaeger, JaegerTrace};
 use tracing_operator::api::{TracingPolicySpec, WorkloadKind};
 use tracing_operator::plan::collector::{
-    CollectorInput, HeaderSecretKeys, metrics, plan_collector,
+    CollectorInput, HeaderSecretKeys, Tier, metrics, plan_collector,
 };
 use tracing_operator::plan::{
     Container, Injection, NamespaceView, PolicyView, WorkloadId, collector_namespace, env,
@@ -440,10 +440,19 @@ fn local_collector_config(
     jaeger_otlp: u16,
 ) -> anyhow::Result<String> {
     let namespace = collector_namespace(spec, OPERATOR_NAMESPACE, GATEWAY.namespace);
+    // One process stands in for the collector: with tail sampling, a sampler
+    // (the tier that decides and exports; the routers only pass traces on).
+    let tier = if tracing_operator::plan::sampling::tail_decides(spec) {
+        Tier::Sampler
+    } else {
+        Tier::Single
+    };
     let plan = plan_collector(&CollectorInput {
         policy: POLICY,
         spec,
+        tier,
         namespace: &namespace,
+        sampler_namespace: &namespace,
         header_secret_keys: &HeaderSecretKeys::new(),
         owner: None,
     })?;

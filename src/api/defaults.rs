@@ -19,7 +19,11 @@ pub fn default_true() -> bool {
 }
 
 pub fn default_replicas() -> i32 {
-    1
+    2
+}
+
+pub fn default_target_cpu_utilization() -> i32 {
+    80
 }
 
 pub fn default_max_concurrent() -> i32 {

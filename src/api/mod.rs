@@ -80,7 +80,6 @@ pub const FINALIZER: &str = "tracing.caas.io/cleanup";
     validation = Rule::new("self.metadata.name.size() <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter) of at most 48 characters: it names the policy's collector objects"),
 )]
 #[x_kube(validation = Rule::new("!has(self.sampling.tail) || self.collector.enabled").message("sampling.tail needs collector.enabled: tail sampling runs in the collector").field_path(".sampling.tail"))]
-#[x_kube(validation = Rule::new("!has(self.sampling.tail) || (self.collector.replicas == 1 && self.collector.placement == 'Central')").message("sampling.tail needs every span of a trace in one collector process: use collector.replicas 1 and placement Central").field_path(".collector"))]
 #[x_kube(validation = Rule::new("self.collector.enabled || size(self.backends) == 1").message("with collector.enabled false, workloads export straight to a single backend: list exactly one").field_path(".backends"))]
 #[x_kube(validation = Rule::new("self.collector.enabled || self.backends.all(b, !has(b.headersSecretRef) && (!has(b.tls) || !has(b.tls.caSecretRef)))").message("with collector.enabled false, backends cannot use headersSecretRef or tls.caSecretRef: only the collector reads Secrets").field_path(".backends"))]
 #[serde(rename_all = "camelCase")]
@@ -362,6 +361,7 @@ impl Propagator {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.head) || has(self.tail)").message("sampling.head needs sampling.tail: without tail rules, sampling.ratio and sampling.services are the head ratios").field_path(".head"))]
+#[x_kube(validation = Rule::new("!has(self.head) || !has(self.head.ratio) || self.head.ratio >= 1.0 || !has(self.parentBased) || self.parentBased").message("sampling.parentBased false with sampling.head.ratio below 1 splits traces: each service would record its own share of every trace (SDKs of different languages pick different traces for the same ratio), and the collector would decide on parts of traces; keep parentBased true").field_path(".parentBased"))]
 pub struct SamplingSpec {
     /// Share of ordinary traces kept end to end, 0 to 1. Ordinary: not kept by a
     /// tail rule (error, slow) and not started by a service listed in `services`.
@@ -491,9 +491,14 @@ impl Duration {
     }
 }
 
-/// Where and how the collector runs.
+/// Where and how the collector runs. With `sampling.tail` it runs as two tiers:
+/// routers (`replicas`, behind the Service the workloads send to; with
+/// `PerNamespace` in each selected namespace) and one tier of samplers
+/// (`sampling.replicas`, in `namespace`), so that every span of a trace is
+/// decided by one sampler. Without `sampling.tail`, one tier.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.maxReplicas >= self.replicas").message("collector.autoscaling.maxReplicas must be at least collector.replicas, the least the autoscaler keeps").field_path(".autoscaling.maxReplicas"))]
 pub struct CollectorSpec {
     /// Deploy a collector. False: workloads export straight to the single backend,
     /// and tail sampling is not available.
@@ -508,17 +513,35 @@ pub struct CollectorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<DnsLabel>,
 
-    /// Collector replicas.
+    /// Collector replicas (per namespace with `PerNamespace`). With
+    /// `sampling.tail` these are the routers, which take the workloads' spans and
+    /// pass each trace on to one sampler by its trace ID; they hold no trace, so
+    /// any number works. Default 2, so that one pod going away loses no spans.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+
+    /// A HorizontalPodAutoscaler for the collector (the routers with
+    /// `sampling.tail`) between `replicas` and `maxReplicas` by CPU. The
+    /// samplers are never autoscaled: every change of their number re-routes
+    /// about 1/N of the traces in flight (see `sampling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<CollectorAutoscaling>,
+
+    /// The sampler tier, run only with `sampling.tail`: the collectors that hold
+    /// each trace until its decision. Every span of a trace reaches the same
+    /// sampler, whichever router or namespace it entered by.
+    #[serde(default)]
+    pub sampling: SamplerSpec,
 
     /// Collector image. Default: a pinned otel/opentelemetry-collector-contrib release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub image: Option<String>,
 
-    /// Compute resources of the collector container.
+    /// Compute resources of the collector container (the routers with
+    /// `sampling.tail`, and the samplers unless `sampling.resources` is set).
+    /// Its memory limit sizes the collector's `memory_limiter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
@@ -530,7 +553,50 @@ impl Default for CollectorSpec {
             placement: Placement::default(),
             namespace: None,
             replicas: default_replicas(),
+            autoscaling: None,
+            sampling: SamplerSpec::default(),
             image: None,
+            resources: None,
+        }
+    }
+}
+
+/// Autoscaling of the collector (the routers with tail sampling) by CPU.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorAutoscaling {
+    /// Most replicas (per namespace with `PerNamespace`); at least `collector.replicas`,
+    /// which is the least.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU use the autoscaler keeps, in percent of the CPU request.
+    #[serde(default = "default_target_cpu_utilization")]
+    #[schemars(range(min = 10, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+/// The samplers: the collectors that take the tail-sampling decisions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplerSpec {
+    /// Sampler replicas, in the collector's namespace (`collector.namespace`)
+    /// whatever the placement. Changing it re-routes about 1/N of the traces in
+    /// flight to another sampler, which decides on the part it gets; nothing
+    /// else restarts. Default 2.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+
+    /// Compute resources of each sampler. Default: `collector.resources`. Its
+    /// memory limit sizes the samplers' `memory_limiter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for SamplerSpec {
+    fn default() -> Self {
+        SamplerSpec {
+            replicas: default_replicas(),
             resources: None,
         }
     }
@@ -829,19 +895,40 @@ pub struct UserOverride {
     pub variable: String,
 }
 
-/// The collector as workloads see it.
+/// The collector as workloads see it, and each of its tiers.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectorStatus {
     /// OTLP endpoint the workloads export to.
     pub endpoint: String,
-    /// Ready collector replicas (summed over namespaces with PerNamespace).
+    /// Ready replicas of the collector the workloads export to (the routers with
+    /// tail sampling), summed over namespaces with PerNamespace.
     pub ready_replicas: i32,
+    /// With tail sampling: the routers the workloads export to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routers: Option<CollectorTierStatus>,
+    /// With tail sampling: the samplers the routers pass each trace to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samplers: Option<CollectorTierStatus>,
     /// What the collectors' own metrics (`:8888/metrics`) say they lost since
-    /// they started, summed over the pods that answered. Read about once a
+    /// they started, summed over the pods of every tier that answered. Read about once a
     /// minute; absent until a collector pod answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub losses: Option<CollectorLosses>,
+}
+
+/// One tier of the collector.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorTierStatus {
+    /// Where the tier takes spans: the routers' OTLP endpoint (the workloads'),
+    /// or the samplers' headless Service, which the routers resolve to the
+    /// ready samplers' addresses.
+    pub endpoint: String,
+    /// Replicas the tier runs (summed over namespaces).
+    pub replicas: i32,
+    /// Ready replicas (summed over namespaces).
+    pub ready_replicas: i32,
 }
 
 /// Spans and traces the collectors lost, counted since each collector started.

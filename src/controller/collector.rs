@@ -1,8 +1,9 @@
-//! The OpenTelemetry Collectors of a policy in the cluster: for every collector
-//! namespace, check the Secrets the collector reads, plan it
-//! ([`crate::plan::collector`]) and server-side apply its ConfigMap, Service and
-//! Deployment when (and only when) the cached objects differ from the plan;
-//! delete the collectors the policy no longer wants.
+//! The OpenTelemetry Collectors of a policy in the cluster: for every tier in
+//! every namespace ([`crate::plan::collector::collector_tiers`]), check the
+//! Secrets it reads, plan it ([`crate::plan::collector`]) and server-side apply
+//! its ConfigMap, Service, PodDisruptionBudget, Deployment and (with
+//! `collector.autoscaling`) HorizontalPodAutoscaler when (and only when) the
+//! cached objects differ from the plan; delete what the policy no longer wants.
 //!
 //! Secrets are read one at a time by name (`get`), never listed or watched: the
 //! operator only learns whether a Secret the policy names exists and which keys
@@ -10,11 +11,13 @@
 //! `app.kubernetes.io/managed-by=tracing-operator`, so only the operator's own
 //! objects are held in memory.
 //!
-//! A collector that cannot start (a missing Secret or key, a header key that is
-//! not a header name) is neither created nor updated, and the namespaces it
-//! would serve are left out of [`CollectorOutcome::serving`]: the reconcile
-//! points no workload there at it. In DryRun nothing is written; the problems
-//! and status are still reported.
+//! A tier that cannot start (a missing Secret or key, a header key that is not
+//! a header name) is neither created nor updated, and the namespaces it would
+//! serve are left out of [`CollectorOutcome::serving`]: the reconcile points no
+//! workload there at it. Neither does it point one at a tier without a ready
+//! replica ([`crate::plan::collector::readiness`]): while a tier comes up its
+//! workloads wait; a tier that lost its pods or is stuck is a problem. In
+//! DryRun nothing is written; the problems and status are still reported.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::ApiResource;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -35,16 +40,18 @@ use tracing::{info, warn};
 
 use super::Context;
 use crate::api::{
-    CollectorStatus, FIELD_MANAGER, Mode, POLICY_ANNOTATION, Placement, TracingPolicy,
+    CollectorStatus, CollectorTierStatus, FIELD_MANAGER, Mode, POLICY_ANNOTATION, TracingPolicy,
     TracingPolicySpec,
 };
+use crate::plan::collector::readiness::{Readiness, readiness};
 use crate::plan::collector::{
-    CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, config_hash, plan_collector,
-    referenced_secrets,
+    CollectorError, CollectorInput, CollectorPlan, HeaderSecretKeys, Tier, TierRef,
+    collector_tiers, config_hash, plan_collector, referenced_secrets, sampler_host,
+    sampler_namespace, tiers_of_namespace,
 };
 use crate::plan::guard::{check_policy, namespace_allowed};
 use crate::plan::status::Problem;
-use crate::plan::{collector_name, collector_namespace, export_target};
+use crate::plan::{COLLECTOR_OTLP_GRPC_PORT, export_target};
 use crate::workload::MANAGED_BY_LABEL;
 
 /// Annotation on each collector object: a hash of everything the operator applies
@@ -70,6 +77,8 @@ pub struct CollectorStores {
     pub config_maps: Store<ConfigMap>,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
+    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
     /// Key names of the Secrets collectors read.
     pub secret_keys: SecretKeys,
 }
@@ -113,7 +122,9 @@ impl CollectorStores {
     ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
         store_ready(&self.config_maps).await?;
         store_ready(&self.deployments).await?;
-        store_ready(&self.services).await
+        store_ready(&self.services).await?;
+        store_ready(&self.pod_disruption_budgets).await?;
+        store_ready(&self.autoscalers).await
     }
 }
 
@@ -148,14 +159,19 @@ pub struct CollectorOutcome {
     pub status: Option<CollectorStatus>,
     /// Selected namespaces whose workloads may be pointed at their export target:
     /// every selected namespace when the collector is off, else those whose
-    /// collector was planned (and, in Enforce, applied) without a problem.
+    /// tiers were planned (and, in Enforce, applied and have a ready replica)
+    /// without a problem.
     pub serving: BTreeSet<String>,
+    /// Selected namespaces whose workloads wait for a tier that is coming up,
+    /// with what they wait for; neither serving nor held by a problem.
+    pub waiting: BTreeMap<String, String>,
 }
 
 impl CollectorOutcome {
-    /// When to look again sooner than the resync: while a collector has a problem.
+    /// When to look again sooner than the resync: while a collector has a
+    /// problem or is coming up (its Deployment's watch normally comes first).
     pub fn requeue_after(&self) -> Option<Duration> {
-        (!self.problems.is_empty()).then_some(RETRY)
+        (!self.problems.is_empty() || !self.waiting.is_empty()).then_some(RETRY)
     }
 }
 
@@ -166,7 +182,7 @@ pub fn watch_config() -> watcher::Config {
         .labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
 }
 
-/// Starts the three trimmed, reflected collector watches. The stream yields the
+/// Starts the trimmed, reflected collector watches. The stream yields the
 /// name of the policy (its `tracing.caas.io/policy` label) whenever one of its
 /// objects changes or is deleted, so that policy reconciles (a deleted or edited
 /// collector is put back; `readyReplicas` follows its pods).
@@ -174,14 +190,19 @@ pub fn watch(client: &Client) -> (CollectorStores, impl Stream<Item = String> + 
     let (config_maps, cm) = reflected::<ConfigMap>(client, trim_config_map);
     let (deployments, deploy) = reflected::<Deployment>(client, trim_deployment);
     let (services, svc) = reflected::<Service>(client, trim_service);
+    let (pod_disruption_budgets, pdb) =
+        reflected::<PodDisruptionBudget>(client, trim_pod_disruption_budget);
+    let (autoscalers, hpa) = reflected::<HorizontalPodAutoscaler>(client, trim_autoscaler);
     (
         CollectorStores {
             config_maps,
             deployments,
             services,
+            pod_disruption_budgets,
+            autoscalers,
             secret_keys: SecretKeys::default(),
         },
-        stream::select_all([cm, deploy, svc]),
+        stream::select_all([cm, deploy, svc, pdb, hpa]),
     )
 }
 
@@ -243,16 +264,39 @@ pub fn trim_config_map(cm: &mut ConfigMap) {
     cm.binary_data = None;
 }
 
+/// Keeps, of the status, the counts and the Progressing condition (a tier
+/// past its progress deadline is stuck).
 pub fn trim_deployment(d: &mut Deployment) {
     trim_meta(&mut d.metadata);
     if let Some(status) = d.status.as_mut() {
-        status.conditions = None;
+        let progressing = status
+            .conditions
+            .take()
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_.as_deref() == Some("Progressing"))
+            .map(|c| k8s_openapi::api::apps::v1::DeploymentCondition {
+                last_transition_time: None,
+                last_update_time: None,
+                ..c
+            });
+        status.conditions = progressing.map(|c| vec![c]);
     }
 }
 
 pub fn trim_service(s: &mut Service) {
     trim_meta(&mut s.metadata);
     s.status = None;
+}
+
+pub fn trim_pod_disruption_budget(p: &mut PodDisruptionBudget) {
+    trim_meta(&mut p.metadata);
+    p.status = None;
+}
+
+pub fn trim_autoscaler(h: &mut HorizontalPodAutoscaler) {
+    trim_meta(&mut h.metadata);
+    h.status = None;
 }
 
 /// The apply configuration of one collector object: the planned object with the
@@ -428,17 +472,18 @@ pub async fn reconcile(
     let spec = &policy.spec;
     let enforce = spec.mode == Mode::Enforce;
     let operator_ns = ctx.settings.operator_namespace.as_str();
-    let wanted = collector_namespaces(spec, operator_ns, selected_namespaces);
+    let wanted = collector_tiers(spec, operator_ns, selected_namespaces);
 
     let mut problems = Vec::new();
     if enforce {
-        problems.extend(delete_unwanted(ctx, &name, &wanted).await);
+        problems.extend(delete_unwanted(ctx, &name, spec, &wanted).await);
     }
     if !spec.collector.enabled {
         return CollectorOutcome {
             problems,
             status: None,
             serving: selected_namespaces.iter().cloned().collect(),
+            waiting: BTreeMap::new(),
         };
     }
 
@@ -446,19 +491,20 @@ pub async fn reconcile(
     let owner = owner.as_ref();
     let known = ctx.cache.namespace_views();
     let name = name.as_str();
-    let results: Vec<(String, Vec<Problem>)> = stream::iter(wanted.iter())
-        .map(|ns| {
-            let exists = known.contains_key(ns);
-            let allowed = namespace_allowed(&ctx.settings.collector_guard, operator_ns, ns);
+    let results: Vec<(TierRef, Vec<Problem>)> = stream::iter(wanted.iter())
+        .map(|tier| {
+            let exists = known.contains_key(&tier.namespace);
+            let allowed =
+                namespace_allowed(&ctx.settings.collector_guard, operator_ns, &tier.namespace);
             async move {
                 let problems = if !allowed {
-                    vec![namespace_not_allowed(&ctx.settings, ns)]
+                    vec![namespace_not_allowed(&ctx.settings, tier)]
                 } else if exists {
-                    ensure(ctx, name, spec, ns, owner, enforce).await
+                    ensure(ctx, name, spec, tier, owner, enforce).await
                 } else {
-                    vec![missing_namespace(spec, ns)]
+                    vec![missing_namespace(spec, tier)]
                 };
-                (ns.clone(), problems)
+                (tier.clone(), problems)
             }
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
@@ -467,56 +513,232 @@ pub async fn reconcile(
         .collect()
         .await;
 
-    let mut healthy = BTreeSet::new();
-    let mut collector_problems = Vec::new();
-    for (ns, p) in results {
-        if p.is_empty() {
-            healthy.insert(ns);
-        } else {
-            collector_problems.extend(p);
-        }
-    }
-    collector_problems.sort_by(|a, b| (a.reason, &a.message).cmp(&(b.reason, &b.message)));
-    problems.extend(bounded(collector_problems));
-
-    let serving = selected_namespaces
-        .iter()
-        .filter(|ns| healthy.contains(&collector_namespace(spec, operator_ns, ns)))
-        .cloned()
-        .collect();
-    let ready_replicas = wanted
-        .iter()
-        .filter_map(|ns| {
-            ctx.collectors
-                .deployments
-                .get(&ObjectRef::new(&collector_name(name)).within(ns))
+    let results: Vec<(TierRef, Vec<Problem>, Readiness)> = results
+        .into_iter()
+        .map(|(tier, p)| {
+            let live = readiness(deployment_of(ctx, name, &tier).as_deref());
+            (tier, p, live)
         })
-        .filter_map(|d| d.status.as_ref().and_then(|s| s.ready_replicas))
-        .sum();
+        .collect();
+    let judged = judge(
+        name,
+        spec,
+        operator_ns,
+        selected_namespaces,
+        enforce,
+        &results,
+    );
+    problems.extend(judged.problems);
+    let readiness_of: BTreeMap<&TierRef, &Readiness> =
+        results.iter().map(|(t, _, r)| (t, r)).collect();
+    let live = |tier: &TierRef| {
+        readiness_of
+            .get(tier)
+            .map_or(Readiness::Absent, |r| (*r).clone())
+    };
     CollectorOutcome {
         problems,
-        status: Some(CollectorStatus {
-            endpoint: status_endpoint(name, spec, operator_ns),
-            ready_replicas,
-            losses: None,
-        }),
-        serving,
+        status: Some(collector_status(name, spec, operator_ns, &wanted, live)),
+        serving: judged.serving,
+        waiting: judged.waiting,
     }
 }
 
-/// The namespaces that should run a collector of this policy: none when it is
-/// disabled, the central one, or every selected namespace.
-pub fn collector_namespaces(
+/// What the tiers' problems and readiness mean for the namespaces they serve.
+#[derive(Debug, Default, PartialEq)]
+pub struct Verdict {
+    pub problems: Vec<Problem>,
+    pub serving: BTreeSet<String>,
+    pub waiting: BTreeMap<String, String>,
+}
+
+/// Judges each planned tier (its planning/apply problems and the readiness of
+/// its Deployment) and then each selected namespace: served when every tier
+/// it sends through serves, waiting while one comes up, held otherwise. In
+/// DryRun nothing is applied, so only the plan is judged.
+pub fn judge(
+    policy: &str,
     spec: &TracingPolicySpec,
-    operator_namespace: &str,
-    selected: &[String],
-) -> BTreeSet<String> {
-    if !spec.collector.enabled {
-        return BTreeSet::new();
+    operator_ns: &str,
+    selected_namespaces: &[String],
+    enforce: bool,
+    tiers: &[(TierRef, Vec<Problem>, Readiness)],
+) -> Verdict {
+    let mut judged: BTreeMap<&TierRef, Judged> = BTreeMap::new();
+    let mut collector_problems = Vec::new();
+    for (tier, p, live) in tiers {
+        let state = if !p.is_empty() {
+            Judged::Broken
+        } else if !enforce {
+            Judged::Serving
+        } else {
+            match live {
+                Readiness::Ready { .. } => Judged::Serving,
+                Readiness::Absent => Judged::Waiting(starting(tier, policy, None)),
+                Readiness::Starting { replicas } => {
+                    Judged::Waiting(starting(tier, policy, Some(*replicas)))
+                }
+                Readiness::Unavailable { replicas } => {
+                    collector_problems.push(unavailable(tier, policy, *replicas));
+                    Judged::Broken
+                }
+                Readiness::Stuck { replicas, message } => {
+                    collector_problems.push(stuck(tier, policy, *replicas, message));
+                    Judged::Broken
+                }
+            }
+        };
+        collector_problems.extend(p.iter().cloned());
+        judged.insert(tier, state);
     }
-    match spec.collector.placement {
-        Placement::Central => BTreeSet::from([collector_namespace(spec, operator_namespace, "")]),
-        Placement::PerNamespace => selected.iter().cloned().collect(),
+    collector_problems.sort_by(|a, b| (a.reason, &a.message).cmp(&(b.reason, &b.message)));
+
+    let mut serving = BTreeSet::new();
+    let mut waiting = BTreeMap::new();
+    for ns in selected_namespaces {
+        let mut wait = None;
+        let mut broken = false;
+        for tier in tiers_of_namespace(spec, operator_ns, ns) {
+            match judged.get(&tier) {
+                Some(Judged::Serving) => {}
+                Some(Judged::Waiting(message)) => {
+                    wait.get_or_insert_with(|| message.clone());
+                }
+                Some(Judged::Broken) | None => broken = true,
+            }
+        }
+        match (broken, wait) {
+            (true, _) => {}
+            (false, Some(message)) => {
+                waiting.insert(ns.clone(), message);
+            }
+            (false, None) => {
+                serving.insert(ns.clone());
+            }
+        }
+    }
+    Verdict {
+        problems: bounded(collector_problems),
+        serving,
+        waiting,
+    }
+}
+
+/// What one tier means for the workloads that send through it.
+enum Judged {
+    Serving,
+    /// Coming up: the workloads wait, with this message.
+    Waiting(String),
+    /// A problem (reported): the workloads are held.
+    Broken,
+}
+
+fn deployment_of(ctx: &Context, policy: &str, tier: &TierRef) -> Option<Arc<Deployment>> {
+    ctx.collectors
+        .deployments
+        .get(&ObjectRef::new(&tier.tier.object_name(policy)).within(&tier.namespace))
+}
+
+/// Reason of a tier that had rolled out and has no ready replica now; it clears
+/// by itself, so the policy is `Degraded` but not `Stalled`.
+pub const REASON_UNAVAILABLE: &str = "CollectorUnavailable";
+/// Reason of a tier without a ready replica past its progress deadline.
+pub const REASON_STUCK: &str = "CollectorProgressDeadlineExceeded";
+
+fn deployment_name(tier: &TierRef, policy: &str) -> String {
+    format!("{}/{}", tier.namespace, tier.tier.object_name(policy))
+}
+
+fn starting(tier: &TierRef, policy: &str, replicas: Option<i32>) -> String {
+    let ready = replicas.map_or_else(String::new, |r| format!(" (0/{r} ready)"));
+    format!(
+        "waiting for the {} (Deployment {}) to have a ready replica{ready}",
+        tier.tier.describe(),
+        deployment_name(tier, policy)
+    )
+}
+
+fn unavailable(tier: &TierRef, policy: &str, replicas: i32) -> Problem {
+    Problem {
+        reason: REASON_UNAVAILABLE,
+        message: format!(
+            "the {} (Deployment {}) have no ready replica (0/{replicas}){}; workloads that send through them are not switched to them until one is ready",
+            tier.tier.describe(),
+            deployment_name(tier, policy),
+            passing_on(tier.tier)
+        ),
+    }
+}
+
+fn stuck(tier: &TierRef, policy: &str, replicas: i32, message: &str) -> Problem {
+    Problem {
+        reason: REASON_STUCK,
+        message: format!(
+            "the {} (Deployment {}) have no ready replica (0/{replicas}) and their rollout exceeded its progress deadline ({message}){}; workloads that send through them are not switched to them",
+            tier.tier.describe(),
+            deployment_name(tier, policy),
+            passing_on(tier.tier)
+        ),
+    }
+}
+
+/// What else stops with a tier.
+fn passing_on(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Sampler => ": the routers have nowhere to send traces",
+        Tier::Router | Tier::Single => "",
+    }
+}
+
+/// `status.collector`: the workloads' endpoint, and with tail sampling each
+/// tier's replicas and ready replicas, from `live` (the readiness of a tier's
+/// Deployment).
+pub fn collector_status(
+    policy: &str,
+    spec: &TracingPolicySpec,
+    operator_ns: &str,
+    wanted: &BTreeSet<TierRef>,
+    live: impl Fn(&TierRef) -> Readiness,
+) -> CollectorStatus {
+    let mut routers = CollectorTierStatus {
+        endpoint: status_endpoint(policy, spec, operator_ns),
+        ..CollectorTierStatus::default()
+    };
+    let mut samplers = CollectorTierStatus {
+        endpoint: format!(
+            "{}:{COLLECTOR_OTLP_GRPC_PORT}",
+            sampler_host(policy, &sampler_namespace(spec, operator_ns))
+        ),
+        ..CollectorTierStatus::default()
+    };
+    for tier in wanted {
+        let live = live(tier);
+        let planned = match tier.tier {
+            Tier::Sampler => spec.collector.sampling.replicas,
+            Tier::Single | Tier::Router => spec.collector.replicas,
+        };
+        let replicas = match &live {
+            Readiness::Absent => planned,
+            Readiness::Ready { replicas, .. }
+            | Readiness::Starting { replicas }
+            | Readiness::Unavailable { replicas }
+            | Readiness::Stuck { replicas, .. } => *replicas,
+        };
+        let counts = if tier.tier == Tier::Sampler {
+            &mut samplers
+        } else {
+            &mut routers
+        };
+        counts.replicas += replicas;
+        counts.ready_replicas += live.ready_replicas();
+    }
+    let tiered = crate::plan::sampling::tail_decides(spec);
+    CollectorStatus {
+        endpoint: routers.endpoint.clone(),
+        ready_replicas: routers.ready_replicas,
+        samplers: tiered.then_some(samplers),
+        routers: tiered.then_some(routers),
+        losses: None,
     }
 }
 
@@ -573,20 +795,21 @@ pub fn not_allowed(spec: &TracingPolicySpec, settings: &super::Settings) -> Opti
 
 /// A PerNamespace collector in a namespace the settings do not allow: that
 /// namespace's workloads are held, as with a missing Secret.
-fn namespace_not_allowed(settings: &super::Settings, ns: &str) -> Problem {
+fn namespace_not_allowed(settings: &super::Settings, tier: &TierRef) -> Problem {
     Problem {
         reason: REASON_NOT_ALLOWED,
         message: format!(
-            "spec.collector.placement: PerNamespace needs a collector in namespace {ns}, which is not an allowed collector namespace (allowed: {}); {}",
+            "spec.collector.placement: PerNamespace needs a collector in namespace {}, which is not an allowed collector namespace (allowed: {}); {}",
+            tier.namespace,
             settings
                 .collector_guard
                 .describe_namespaces(&settings.operator_namespace),
-            consequence(ns)
+            consequence(tier)
         ),
     }
 }
 
-fn missing_namespace(spec: &TracingPolicySpec, ns: &str) -> Problem {
+fn missing_namespace(spec: &TracingPolicySpec, tier: &TierRef) -> Problem {
     let field = if spec.collector.namespace.is_some() {
         "spec.collector.namespace"
     } else {
@@ -595,7 +818,12 @@ fn missing_namespace(spec: &TracingPolicySpec, ns: &str) -> Problem {
     Problem {
         reason: "CollectorNamespaceNotFound",
         message: format!(
-            "{field}: namespace {ns} does not exist; the collector is not deployed and workloads are left as they are"
+            "{field}: namespace {} does not exist; the {} is not deployed and workloads are left as they are",
+            tier.namespace,
+            match tier.tier {
+                Tier::Single => "collector",
+                Tier::Router | Tier::Sampler => "collector tier",
+            }
         ),
     }
 }
@@ -611,22 +839,31 @@ pub fn error_reason(error: &CollectorError) -> &'static str {
     }
 }
 
-/// What the collector in `ns` would leave undone, appended to a problem's message.
-fn consequence(ns: &str) -> String {
-    format!(
-        "the collector in {ns} is not deployed or updated, and the workloads it serves are left as they are"
-    )
+/// What a tier with a problem leaves undone, appended to the problem's message.
+fn consequence(tier: &TierRef) -> String {
+    match tier.tier {
+        Tier::Single => format!(
+            "the collector in {} is not deployed or updated, and the workloads it serves are left as they are",
+            tier.namespace
+        ),
+        Tier::Router | Tier::Sampler => format!(
+            "the {} in {} are not deployed or updated, and the workloads that send through them are left as they are",
+            tier.tier.describe(),
+            tier.namespace
+        ),
+    }
 }
 
-/// Reads the Secrets the collector in `ns` needs, by name (or from `cache`).
-/// Returns the key names of the header Secrets, or the problems (a Secret or key
-/// that is missing).
+/// Reads the Secrets the tier `tier` needs, by name (or from `cache`).
+/// Returns the key names of the header Secrets, or the problems (a Secret or
+/// key that is missing).
 async fn read_secrets(
     client: &Client,
     cache: &SecretKeys,
     spec: &TracingPolicySpec,
-    ns: &str,
+    tier: &TierRef,
 ) -> Result<HeaderSecretKeys, Vec<Problem>> {
+    let ns = tier.namespace.as_str();
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     let now = Instant::now();
     let mut keys: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
@@ -651,7 +888,7 @@ async fn read_secrets(
                             "{}: reading Secret {ns}/{}: {error}; {}",
                             secret.field,
                             secret.name,
-                            consequence(ns)
+                            consequence(tier)
                         ),
                     });
                     continue;
@@ -670,7 +907,7 @@ async fn read_secrets(
                     "{}: Secret {ns}/{} does not exist; {}",
                     secret.field,
                     secret.name,
-                    consequence(ns)
+                    consequence(tier)
                 ),
             }),
             (Some(present), Some(key)) if !present.contains(key) => {
@@ -682,7 +919,7 @@ async fn read_secrets(
                         "{}: Secret {ns}/{} has no key {key:?}; {}",
                         secret.field,
                         secret.name,
-                        consequence(ns)
+                        consequence(tier)
                     ),
                 });
             }
@@ -699,25 +936,31 @@ async fn read_secrets(
     }
 }
 
-/// Plans the collector in `ns` and, in Enforce, applies whichever of its three
-/// objects differ from the cache. An empty result means it may serve workloads.
+/// Plans `tier` and, in Enforce, applies whichever of its objects differ from
+/// the cache. An empty result means it may serve workloads once it is ready.
 async fn ensure(
     ctx: &Arc<Context>,
     policy: &str,
     spec: &TracingPolicySpec,
-    ns: &str,
+    tier: &TierRef,
     owner: Option<&OwnerReference>,
     enforce: bool,
 ) -> Vec<Problem> {
-    let header_secret_keys =
-        match read_secrets(&ctx.client, &ctx.collectors.secret_keys, spec, ns).await {
-            Ok(keys) => keys,
+    let header_secret_keys = if tier.tier.reads_secrets() {
+        match read_secrets(&ctx.client, &ctx.collectors.secret_keys, spec, tier).await {
+            Ok(read) => read,
             Err(problems) => return problems,
-        };
+        }
+    } else {
+        Default::default()
+    };
+    let samplers = sampler_namespace(spec, &ctx.settings.operator_namespace);
     let plan = match plan_collector(&CollectorInput {
         policy,
         spec,
-        namespace: ns,
+        tier: tier.tier,
+        namespace: &tier.namespace,
+        sampler_namespace: &samplers,
         header_secret_keys: &header_secret_keys,
         owner,
     }) {
@@ -725,7 +968,7 @@ async fn ensure(
         Err(error) => {
             return vec![Problem {
                 reason: error_reason(&error),
-                message: format!("{error}; {}", consequence(ns)),
+                message: format!("{error}; {}", consequence(tier)),
             }];
         }
     };
@@ -739,12 +982,18 @@ async fn ensure(
         config_map,
         service,
         deployment,
+        pod_disruption_budget,
+        autoscaler,
         ..
     } = plan;
     problems.extend(converge(ctx, &stores.config_maps, &config_map).await);
     problems.extend(converge(ctx, &stores.services, &service).await);
+    problems.extend(converge(ctx, &stores.pod_disruption_budgets, &pod_disruption_budget).await);
     if problems.is_empty() {
         problems.extend(converge(ctx, &stores.deployments, &deployment).await);
+    }
+    if let Some(autoscaler) = autoscaler {
+        problems.extend(converge(ctx, &stores.autoscalers, &autoscaler).await);
     }
     problems
 }
@@ -798,40 +1047,63 @@ where
     }
 }
 
-/// Deletes this policy's collector objects outside `wanted`.
+/// Deletes this policy's collector objects that no wanted tier has.
 async fn delete_unwanted(
     ctx: &Arc<Context>,
     policy: &str,
-    wanted: &BTreeSet<String>,
+    spec: &TracingPolicySpec,
+    wanted: &BTreeSet<TierRef>,
 ) -> Vec<Problem> {
-    let name = collector_name(policy);
+    let objects: BTreeSet<ObjectId> = wanted
+        .iter()
+        .map(|t| (t.namespace.clone(), t.tier.object_name(policy)))
+        .collect();
+    // An autoscaler only where the plan has one.
+    let autoscaled: BTreeSet<ObjectId> = wanted
+        .iter()
+        .filter(|t| t.tier != Tier::Sampler && spec.collector.autoscaling.is_some())
+        .map(|t| (t.namespace.clone(), t.tier.object_name(policy)))
+        .collect();
     let stores = &ctx.collectors;
     let mut problems = Vec::new();
-    for ns in unwanted(&stores.config_maps, policy, wanted) {
+    for (ns, name) in unwanted(&stores.autoscalers, policy, &autoscaled) {
+        problems.extend(delete::<HorizontalPodAutoscaler>(ctx, &ns, &name).await);
+    }
+    for (ns, name) in unwanted(&stores.config_maps, policy, &objects) {
         problems.extend(delete::<ConfigMap>(ctx, &ns, &name).await);
     }
-    for ns in unwanted(&stores.services, policy, wanted) {
+    for (ns, name) in unwanted(&stores.services, policy, &objects) {
         problems.extend(delete::<Service>(ctx, &ns, &name).await);
     }
-    for ns in unwanted(&stores.deployments, policy, wanted) {
+    for (ns, name) in unwanted(&stores.pod_disruption_budgets, policy, &objects) {
+        problems.extend(delete::<PodDisruptionBudget>(ctx, &ns, &name).await);
+    }
+    for (ns, name) in unwanted(&stores.deployments, policy, &objects) {
         problems.extend(delete::<Deployment>(ctx, &ns, &name).await);
     }
     problems
 }
 
-/// Namespaces of cached collector objects of `policy` that are not `wanted`.
-pub fn unwanted<K>(store: &Store<K>, policy: &str, wanted: &BTreeSet<String>) -> Vec<String>
+/// Namespace and name of a collector object.
+pub type ObjectId = (String, String);
+
+/// Cached collector objects of `policy` (its label, and a name one of its tiers
+/// has: the operator never deletes anything else) that are not `wanted`.
+pub fn unwanted<K>(store: &Store<K>, policy: &str, wanted: &BTreeSet<ObjectId>) -> Vec<ObjectId>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    let name = collector_name(policy);
-    let mut out: Vec<String> = store
+    let names = [
+        Tier::Single.object_name(policy),
+        Tier::Sampler.object_name(policy),
+    ];
+    let mut out: Vec<ObjectId> = store
         .state()
         .iter()
         .filter(|o| o.labels().get(POLICY_ANNOTATION).map(String::as_str) == Some(policy))
-        .filter(|o| o.meta().name.as_deref() == Some(name.as_str()))
-        .filter_map(|o| o.namespace())
-        .filter(|ns| !wanted.contains(ns))
+        .filter_map(|o| Some((o.namespace()?, o.meta().name.clone()?)))
+        .filter(|(_, name)| names.contains(name))
+        .filter(|id| !wanted.contains(id))
         .collect();
     out.sort();
     out

@@ -22,7 +22,8 @@ use tracing::debug;
 
 use super::cache::Cache;
 use crate::api::CollectorLosses;
-use crate::plan::collector::{METRICS_PORT, collector_selector, metrics};
+use crate::plan::collector::objects::tier_selector;
+use crate::plan::collector::{METRICS_PORT, TierRef, metrics};
 
 /// How often a policy's collector pods are read, and so how often a policy
 /// with a collector is reconciled when nothing else happens.
@@ -74,7 +75,7 @@ impl CollectorLossReader {
         client: &Client,
         cache: &Arc<Cache>,
         policy: &str,
-        namespaces: BTreeSet<String>,
+        tiers: BTreeSet<TierRef>,
     ) -> Option<CollectorLosses> {
         let now = Instant::now();
         let mut readings = locked(&self.readings);
@@ -93,7 +94,7 @@ impl CollectorLossReader {
             let (client, cache, readings) = (client.clone(), cache.clone(), self.readings.clone());
             let policy = policy.to_string();
             tokio::spawn(async move {
-                let losses = read(&http, &client, &policy, &namespaces).await;
+                let losses = read(&http, &client, &policy, &tiers).await;
                 let changed = {
                     let mut readings = locked(&readings);
                     // A policy forgotten meanwhile stays forgotten.
@@ -131,19 +132,17 @@ async fn read(
     http: &reqwest::Client,
     client: &Client,
     policy: &str,
-    namespaces: &BTreeSet<String>,
+    tiers: &BTreeSet<TierRef>,
 ) -> Option<CollectorLosses> {
-    let selector: Selector = collector_selector(policy).into_iter().collect();
-    let params = ListParams::default().labels_from(&selector);
     let mut addresses = Vec::new();
-    for ns in namespaces {
-        let pods = match Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&params)
-            .await
-        {
+    for tier in tiers {
+        let selector: Selector = tier_selector(policy, tier.tier).into_iter().collect();
+        let params = ListParams::default().labels_from(&selector);
+        let api = Api::<Pod>::namespaced(client.clone(), &tier.namespace);
+        let pods = match api.list(&params).await {
             Ok(pods) => pods,
             Err(error) => {
-                debug!(%policy, namespace = %ns, %error, "cannot list the collector pods");
+                debug!(%policy, namespace = %tier.namespace, %error, "cannot list the collector pods");
                 return None;
             }
         };

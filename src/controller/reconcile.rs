@@ -208,20 +208,26 @@ pub(super) async fn reconcile_policy(
     // Collectors first; workloads whose collector cannot serve them are left as they are.
     let mut collectors = collector::reconcile(ctx, policy, &selected_namespaces).await;
     if let Some(status) = collectors.status.as_mut() {
-        let namespaces = collector::collector_namespaces(
+        let tiers = crate::plan::collector::collector_tiers(
             &policy.spec,
             &ctx.settings.operator_namespace,
             &selected_namespaces,
         );
         status.losses = ctx
             .collector_losses
-            .losses(&ctx.client, &ctx.cache, &name, namespaces);
+            .losses(&ctx.client, &ctx.cache, &name, tiers);
     }
     problems.extend(collectors.problems.iter().cloned());
     problems.extend(injection_problems(&state));
 
     let now = Timestamp::now();
     let held = |id: &WorkloadId| !collectors.serving.contains(&*id.namespace);
+    let held_as = |id: &WorkloadId| match collectors.waiting.get(&*id.namespace) {
+        Some(message) => Outcome::WaitingForCollector {
+            message: message.clone(),
+        },
+        None => held_outcome(id),
+    };
     let rollout = match rollout::plan_rollout(
         &policy.spec.rollout,
         now,
@@ -269,7 +275,7 @@ pub(super) async fn reconcile_policy(
                 agents.push((id, agent));
             }
             if held(id) {
-                outcomes.push((id.clone(), held_outcome(id)));
+                outcomes.push((id.clone(), held_as(id)));
             }
         }
     }
@@ -389,7 +395,7 @@ fn injection_problems(state: &PolicyState) -> Vec<Problem> {
 fn held_outcome(id: &WorkloadId) -> Outcome {
     Outcome::Held {
         reason: format!(
-            "its collector in namespace {} cannot start (see the Degraded condition)",
+            "a collector the workloads in namespace {} send through cannot serve (see the Degraded condition)",
             id.namespace
         ),
     }
@@ -856,6 +862,7 @@ fn step_outcome(step: &RolloutStep, paused_by: Option<String>) -> Outcome {
 }
 
 /// The status of this reconcile (pure: `plan::status::compute`).
+#[allow(clippy::too_many_arguments)]
 fn compute_status(
     ctx: &Context,
     policy: &TracingPolicy,

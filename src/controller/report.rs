@@ -73,17 +73,21 @@ pub(super) fn collector_replicas(
     if !spec.collector.enabled || spec.mode == Mode::DryRun {
         return None;
     }
-    let name = crate::plan::collector_name(&policy.metadata.name.clone().unwrap_or_default());
+    let name = policy.metadata.name.clone().unwrap_or_default();
     let mut replicas = CollectorReplicas::default();
-    for ns in super::collector::collector_namespaces(
+    // The tier the workloads export to: the single collector, or the routers.
+    for tier in crate::plan::collector::collector_tiers(
         spec,
         &ctx.settings.operator_namespace,
         selected_namespaces,
-    ) {
+    )
+    .into_iter()
+    .filter(|t| t.tier != crate::plan::collector::Tier::Sampler)
+    {
         let deployment = ctx
             .collectors
             .deployments
-            .get(&ObjectRef::new(&name).within(&ns));
+            .get(&ObjectRef::new(&tier.tier.object_name(&name)).within(&tier.namespace));
         let desired = deployment
             .as_ref()
             .and_then(|d| d.spec.replicas)

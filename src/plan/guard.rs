@@ -19,7 +19,8 @@
 //! - unless external backends are allowed, every backend host is in-cluster
 //!   (see [`host_in_cluster`]).
 //!
-//! [`check_policy`] covers the policy itself (central placement, image,
+//! [`check_policy`] covers the policy itself (the central namespace, where a
+//! `Central` collector and, with tail sampling, the samplers run; image,
 //! backends); with `PerNamespace` placement each selected namespace is checked
 //! when the controller plans its collector ([`namespace_allowed`]), since the
 //! selection changes with namespace labels. The chart's ValidatingAdmissionPolicy
@@ -129,7 +130,9 @@ pub fn check_policy(
     let mut violations = Vec::new();
     let collector = &spec.collector;
     if collector.enabled {
-        if collector.placement == Placement::Central {
+        // A Central collector, and with tail sampling the samplers whatever
+        // the placement, run in collector.namespace.
+        if collector.placement == Placement::Central || spec.sampling.tail.is_some() {
             let namespace = collector
                 .namespace
                 .as_ref()

@@ -48,10 +48,18 @@
 //!   follow the decision instead of forming a fragment (about 130 bytes each);
 //! - `memory_limiter`: 80 % of the collector container's memory limit, with a
 //!   spike allowance of 25 % (refusing data from 55 %), from
-//!   `collector.resources.limits.memory`, else the default limit of 512Mi.
+//!   `collector.resources.limits.memory` (the samplers':
+//!   `collector.sampling.resources`, else that), else the default limit of 512Mi.
+//!
+//! Each sampler of a two-tier collector is sized for the whole rate: its
+//! configuration then does not change with their number (scaling them rolls
+//! nothing), one sampler left can still hold every trace, and the caps cost
+//! nothing until used; `memory_limiter` bounds what they actually hold.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::api::{HeadSampling, TracingPolicySpec};
 
@@ -285,10 +293,13 @@ pub struct MemoryLimits {
 /// A quantity that does not parse counts as unset: the API server only stores
 /// valid quantities.
 pub fn memory_limits(spec: &TracingPolicySpec) -> MemoryLimits {
-    let bytes = spec
-        .collector
-        .resources
-        .as_ref()
+    memory_limits_for(spec.collector.resources.as_ref())
+}
+
+/// The memory limiter of a collector container with the user's `resources`
+/// (the samplers' own, with tail sampling); see [`memory_limits`].
+pub fn memory_limits_for(resources: Option<&ResourceRequirements>) -> MemoryLimits {
+    let bytes = resources
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get("memory"))
         .and_then(|q| quantity_bytes(&q.0))

@@ -52,6 +52,8 @@ pub enum Outcome {
     WaitingForOwner { message: String },
     /// Left as it is: the collector it would send to cannot start.
     Held { reason: String },
+    /// Left as it is until the collector it would send to has a ready replica.
+    WaitingForCollector { message: String },
     /// Applying or removing failed, or the rollout missed its deadline.
     Failed { reason: String, message: String },
     /// Another policy owns it.
@@ -129,6 +131,10 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
             Outcome::WaitingForOwner { message } => {
                 counts.waiting += 1;
                 waiting.push(issue(id, "WaitingForOwner", message));
+            }
+            Outcome::WaitingForCollector { message } => {
+                counts.waiting += 1;
+                waiting.push(issue(id, "WaitingForCollector", message));
             }
             Outcome::Held { .. } => {}
             Outcome::Failed { reason, message } => {
@@ -227,15 +233,28 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
     let degraded = !problems.is_empty();
     let rolled = crate::plan::rollout::rolled_out_summary(counts.up_to_date, counts.selected);
     let owners = waiting.len();
+    let for_collector = waiting
+        .iter()
+        .filter(|w| w.reason == "WaitingForCollector")
+        .count();
     let progressing = counts.rolling_out > 0 || queued > 0 || owners > 0;
     let mut progress = format!(
         "{rolled} ({} rolling out, {queued} waiting for a slot",
         counts.rolling_out
     );
-    if owners > 0 {
+    if owners > for_collector {
         progress.push_str(&format!(
-            ", {owners} waiting for their owner; see status.waiting"
+            ", {} waiting for their owner",
+            owners - for_collector
         ));
+    }
+    if for_collector > 0 {
+        progress.push_str(&format!(
+            ", {for_collector} waiting for their collector to be ready"
+        ));
+    }
+    if owners > 0 {
+        progress.push_str("; see status.waiting");
     }
     progress.push(')');
     let paused = paused_by.as_ref().map(|by| {
@@ -915,6 +934,24 @@ mod tests {
     }
 
     #[test]
+    fn workloads_waiting_for_their_collector_progress_without_degrading() {
+        let spec = spec();
+        let outcomes = vec![(
+            id("a"),
+            Outcome::WaitingForCollector {
+                message: "waiting for the collector samplers to have a ready replica".into(),
+            },
+        )];
+        let s = status_of(&spec, None, &outcomes, &[], 1);
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Degraded").status, "False");
+        assert_eq!(get(&s, "Progressing").status, "True");
+        assert_eq!(s.waiting[0].reason, "WaitingForCollector");
+        assert_eq!(s.workloads.waiting, 1);
+        assert_eq!(kstatus_conditions(&s), ("True".into(), "False".into()));
+    }
+
+    #[test]
     fn events_announce_changes_once() {
         let spec = spec();
         let failed = vec![(
@@ -957,6 +994,8 @@ mod tests {
         let collector = |losses| crate::api::CollectorStatus {
             endpoint: "http://c:4318/v1/traces".into(),
             ready_replicas: 1,
+            routers: None,
+            samplers: None,
             losses,
         };
         let status = |collector| {

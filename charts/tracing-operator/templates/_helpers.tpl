@@ -142,6 +142,14 @@ ClusterRole when collector.allowedNamespaces is ["*"]).
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["create", "patch", "delete"]
+# Each collector tier's PodDisruptionBudget (a drain takes one pod at a time)
+# and, with collector.autoscaling, the routers' HorizontalPodAutoscaler.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "patch", "delete"]
 # Check that a Secret a policy references (tls.caSecretRef, headersSecretRef)
 # exists and has the needed keys, by name only (no list or watch). The
 # collector reads its Secrets in its own namespace, so only here.

@@ -1,5 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use super::*;
@@ -16,15 +18,44 @@ backends:
     endpoint: http://jaeger-collector.observability.svc:4317
 "#;
 
-fn plan_with(spec: &TracingPolicySpec, keys: &HeaderSecretKeys) -> CollectorPlan {
-    plan_collector(&CollectorInput {
+/// The input of `tier` in `namespace`, the samplers in observability.
+fn input<'a>(
+    spec: &'a TracingPolicySpec,
+    tier: Tier,
+    namespace: &'a str,
+    keys: &'a HeaderSecretKeys,
+) -> CollectorInput<'a> {
+    CollectorInput {
         policy: "caas-production",
         spec,
-        namespace: "observability",
+        tier,
+        namespace,
+        sampler_namespace: "observability",
         header_secret_keys: keys,
         owner: None,
-    })
-    .expect("plan")
+    }
+}
+
+/// The tier that exports to the backends: the samplers with tail sampling,
+/// else the single tier.
+fn exporting_tier(spec: &TracingPolicySpec) -> Tier {
+    if crate::plan::sampling::tail_decides(spec) {
+        Tier::Sampler
+    } else {
+        Tier::Single
+    }
+}
+
+fn plan_tier(spec: &TracingPolicySpec, tier: Tier) -> CollectorPlan {
+    let keys = HeaderSecretKeys::from([(
+        "jaeger-token".to_string(),
+        BTreeSet::from(["authorization".to_string()]),
+    )]);
+    plan_collector(&input(spec, tier, "observability", &keys)).expect("plan")
+}
+
+fn plan_with(spec: &TracingPolicySpec, keys: &HeaderSecretKeys) -> CollectorPlan {
+    plan_collector(&input(spec, exporting_tier(spec), "observability", keys)).expect("plan")
 }
 
 fn plan(spec: &TracingPolicySpec) -> CollectorPlan {
@@ -416,14 +447,9 @@ fn header_secret_values_never_reach_the_config_map() {
 
 #[test]
 fn missing_header_secret_is_an_error_naming_it() {
-    let err = plan_collector(&CollectorInput {
-        policy: "p",
-        spec: &spec(HEADERS),
-        namespace: "observability",
-        header_secret_keys: &HeaderSecretKeys::new(),
-        owner: None,
-    })
-    .expect_err("missing secret");
+    let (s, keys) = (spec(HEADERS), HeaderSecretKeys::new());
+    let err = plan_collector(&input(&s, Tier::Single, "observability", &keys))
+        .expect_err("missing secret");
     assert_eq!(
         err.to_string(),
         "spec.backends[vendor].headersSecretRef: Secret observability/vendor-auth does not exist"
@@ -436,14 +462,8 @@ fn colliding_header_keys_are_reported() {
         "vendor-auth".to_string(),
         BTreeSet::from(["x-key".to_string(), "x_key".to_string()]),
     )]);
-    let err = plan_collector(&CollectorInput {
-        policy: "p",
-        spec: &spec(HEADERS),
-        namespace: "ns",
-        header_secret_keys: &keys,
-        owner: None,
-    })
-    .expect_err("collision");
+    let s = spec(HEADERS);
+    let err = plan_collector(&input(&s, Tier::Single, "ns", &keys)).expect_err("collision");
     assert!(
         matches!(err, CollectorError::HeaderKeyCollision { .. }),
         "{err}"
@@ -526,7 +546,7 @@ fn deployment_is_hardened_and_probed() {
         Some("caas-production-collector")
     );
     assert_eq!(d.metadata.namespace.as_deref(), Some("observability"));
-    assert_eq!(d.spec.replicas, Some(1));
+    assert_eq!(d.spec.replicas, Some(2));
     let pod = d.spec.template.spec.as_ref().expect("pod");
     assert_eq!(pod.automount_service_account_token, Some(false));
     let psc = pod.security_context.as_ref().expect("pod securityContext");
@@ -645,13 +665,10 @@ fn labels_selector_service_and_owner() {
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let s = spec(BASIC);
+    let (s, keys) = (spec(BASIC), HeaderSecretKeys::new());
     let p = plan_collector(&CollectorInput {
-        policy: "caas-production",
-        spec: &s,
-        namespace: "caas-auth",
-        header_secret_keys: &HeaderSecretKeys::new(),
         owner: Some(&owner),
+        ..input(&s, Tier::Single, "caas-auth", &keys)
     })
     .expect("plan");
     let want = BTreeMap::from([
@@ -664,10 +681,12 @@ fn labels_selector_service_and_owner() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect::<BTreeMap<_, _>>();
+    assert!(p.autoscaler.is_none());
     for meta in [
         &p.config_map.metadata,
         &p.deployment.metadata,
         &p.service.metadata,
+        &p.pod_disruption_budget.metadata,
     ] {
         assert_eq!(meta.labels.as_ref(), Some(&want));
         assert_eq!(meta.owner_references.as_deref(), Some(&[owner.clone()][..]));
@@ -711,4 +730,306 @@ fn yaml_quotes_env_references_and_addresses_as_strings() {
     let c = parsed(&p);
     assert!(c["exporters"]["otlp_grpc/vendor"]["headers"]["x-api-key"].is_string());
     assert!(c["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].is_string());
+}
+
+// ---------------------------------------------------------------------------
+// Two tiers with tail sampling.
+
+const TAIL: &str = r#"
+sampling: {ratio: 0.1, tail: {keepErrors: true, slowerThan: 500ms}}
+collector: {namespace: observability}
+backends:
+  - {name: jaeger, type: jaeger, endpoint: "http://jaeger:4317", headersSecretRef: {name: jaeger-token}}
+"#;
+
+fn tier(ns: &str, tier: Tier) -> TierRef {
+    TierRef {
+        namespace: ns.to_string(),
+        tier,
+    }
+}
+
+#[test]
+fn tail_sampling_runs_routers_where_the_collector_was_and_samplers_once_centrally() {
+    let selected = vec!["caas-auth".to_string(), "caas-gateway".to_string()];
+    let single = spec(BASIC);
+    assert_eq!(
+        collector_tiers(&single, "tracing-operator", &selected),
+        BTreeSet::from([tier("tracing-operator", Tier::Single)])
+    );
+    let tail = spec(TAIL);
+    assert_eq!(
+        collector_tiers(&tail, "tracing-operator", &selected),
+        BTreeSet::from([
+            tier("observability", Tier::Router),
+            tier("observability", Tier::Sampler)
+        ])
+    );
+    let mut per_ns = tail.clone();
+    per_ns.collector.placement = crate::api::Placement::PerNamespace;
+    assert_eq!(
+        collector_tiers(&per_ns, "tracing-operator", &selected),
+        BTreeSet::from([
+            tier("caas-auth", Tier::Router),
+            tier("caas-gateway", Tier::Router),
+            tier("observability", Tier::Sampler),
+        ])
+    );
+    // A cross-namespace trace is decided by the one sampler tier.
+    assert_eq!(
+        tiers_of_namespace(&per_ns, "tracing-operator", "caas-auth"),
+        [
+            tier("caas-auth", Tier::Router),
+            tier("observability", Tier::Sampler)
+        ]
+    );
+    assert_eq!(
+        tiers_of_namespace(&single, "tracing-operator", "caas-auth"),
+        [tier("tracing-operator", Tier::Single)]
+    );
+    let mut off = tail.clone();
+    off.collector.enabled = false;
+    assert!(collector_tiers(&off, "tracing-operator", &selected).is_empty());
+}
+
+#[test]
+fn routers_pass_each_trace_by_its_id_to_the_samplers_headless_service() {
+    let s = spec(TAIL);
+    let router = plan_tier(&s, Tier::Router);
+    assert_eq!(router.name, "caas-production-collector");
+    let c = parsed(&router);
+    assert_eq!(
+        c["exporters"],
+        json!({"load_balancing": {
+            "routing_key": "traceID",
+            "protocol": {"otlp": {"tls": {"insecure": true}, "timeout": "5s"}},
+            "resolver": {"dns": {
+                "hostname": "caas-production-sampler.observability.svc",
+                "port": "4317", "interval": "5s", "timeout": "1s"}},
+        }})
+    );
+    assert_eq!(
+        c["service"]["pipelines"]["traces"],
+        json!({"receivers": ["otlp"], "processors": ["memory_limiter", "batch"], "exporters": ["load_balancing"]})
+    );
+    assert!(c["processors"].get("tail_sampling").is_none());
+    // The routers read no Secret: no header variables, no CA volume.
+    assert!(router.header_env.is_empty());
+    let pod = router.deployment.spec.template.spec.as_ref().expect("pod");
+    assert!(pod.containers[0].env.is_none());
+    // The Service the workloads send to, as without tail sampling.
+    let svc = router.service.spec.as_ref().expect("service spec");
+    assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(svc.selector, Some(collector_selector("caas-production")));
+    assert_eq!(router.deployment.spec.replicas, Some(2));
+    // The typed config and the rendered YAML say the same thing.
+    assert_eq!(c, serde_json::to_value(&router.config).expect("to_value"));
+}
+
+#[test]
+fn samplers_decide_behind_a_headless_service_and_drain_before_they_stop() {
+    let s = spec(
+        r#"
+sampling: {ratio: 0.1, tail: {keepErrors: true, slowerThan: 30s}}
+collector:
+  replicas: 3
+  resources: {limits: {memory: 1Gi}}
+  sampling: {replicas: 4, resources: {limits: {memory: 2Gi}}}
+backends: [{name: jaeger, type: jaeger, endpoint: "http://jaeger:4317"}]
+"#,
+    );
+    let sampler = plan_tier(&s, Tier::Sampler);
+    assert_eq!(sampler.name, "caas-production-sampler");
+    let c = parsed(&sampler);
+    assert_eq!(c["processors"]["tail_sampling"]["decision_wait"], "60s");
+    assert_eq!(
+        c["service"]["pipelines"]["traces"]["processors"],
+        json!(["memory_limiter", "tail_sampling", "batch"])
+    );
+    assert_eq!(
+        c["exporters"]
+            .as_object()
+            .map(|e| e.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["otlp_grpc/jaeger".to_string()])
+    );
+    // Its own container's memory limit, 2Gi: 80 % and 25 %.
+    assert_eq!(c["processors"]["memory_limiter"]["limit_mib"], 1638);
+    let router = parsed(&plan_tier(&s, Tier::Router));
+    assert_eq!(router["processors"]["memory_limiter"]["limit_mib"], 819);
+
+    let svc = sampler.service.spec.as_ref().expect("service spec");
+    assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(
+        svc.selector
+            .as_ref()
+            .map(|s| s["app.kubernetes.io/instance"].as_str()),
+        Some("caas-production-sampler")
+    );
+    let ports: Vec<i32> = svc.ports.iter().flatten().map(|p| p.port).collect();
+    assert_eq!(ports, [4317]);
+
+    let d = &sampler.deployment.spec;
+    assert_eq!(d.replicas, Some(4));
+    let rolling = d
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref())
+        .expect("rolling update");
+    assert_eq!(
+        (rolling.max_surge.clone(), rolling.max_unavailable.clone()),
+        (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+    );
+    let pod = d.template.spec.as_ref().expect("pod");
+    // Decision wait 60 s plus two resolver intervals, then 30 s to exit.
+    let sleep = pod.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| s.seconds);
+    assert_eq!(sleep, Some(70));
+    assert_eq!(pod.termination_grace_period_seconds, Some(100));
+    let labels = d
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/component")
+            .map(String::as_str),
+        Some("sampler")
+    );
+    // The single tier and the routers have no preStop sleep.
+    assert!(
+        plan_tier(&s, Tier::Router)
+            .deployment
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.containers[0].lifecycle.clone())
+            .is_none()
+    );
+}
+
+#[test]
+fn changing_tail_rules_rolls_only_the_samplers_and_scaling_them_rolls_nothing() {
+    let base = spec(TAIL);
+    let router = plan_tier(&base, Tier::Router);
+    let sampler = plan_tier(&base, Tier::Sampler);
+
+    let mut rules = base.clone();
+    if let Some(t) = rules.sampling.tail.as_mut() {
+        t.slower_than = Some(crate::api::Duration("2s".into()));
+    }
+    rules.sampling.ratio = 0.25;
+    assert_eq!(
+        plan_tier(&rules, Tier::Router).deployment,
+        router.deployment,
+        "the routers' pods do not change with the tail rules"
+    );
+    assert_ne!(
+        template_hash(&plan_tier(&rules, Tier::Sampler)),
+        template_hash(&sampler)
+    );
+
+    // More samplers: the same pods, only more of them (no roll of anything).
+    let mut scaled = base.clone();
+    scaled.collector.sampling.replicas = 5;
+    let more = plan_tier(&scaled, Tier::Sampler);
+    assert_eq!(more.deployment.spec.replicas, Some(5));
+    assert_eq!(
+        more.deployment.spec.template,
+        sampler.deployment.spec.template
+    );
+    assert_eq!(more.config_yaml, sampler.config_yaml);
+    assert_eq!(
+        plan_tier(&scaled, Tier::Router).deployment,
+        router.deployment
+    );
+
+    // PerNamespace: every namespace's routers run the same configuration.
+    let keys = HeaderSecretKeys::new();
+    // The routers need no Secret at all.
+    let a = plan_collector(&input(&base, Tier::Router, "caas-a", &keys)).expect("plan a");
+    let b = plan_collector(&input(&base, Tier::Router, "caas-b", &keys)).expect("plan b");
+    assert_eq!(a.config_yaml, b.config_yaml);
+}
+
+#[test]
+fn every_tier_gets_a_disruption_budget_and_topology_spread() {
+    let s = spec(TAIL);
+    for t in [Tier::Router, Tier::Sampler] {
+        let p = plan_tier(&s, t);
+        let pdb = p.pod_disruption_budget.spec.as_ref().expect("pdb spec");
+        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)), "{t:?}");
+        assert_eq!(
+            pdb.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
+        assert_eq!(
+            pdb.selector.as_ref().and_then(|s| s.match_labels.clone()),
+            p.deployment.spec.selector.match_labels,
+            "{t:?}: the budget covers the tier's own pods"
+        );
+        let spread = p
+            .deployment
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.clone())
+            .expect("spread");
+        let keys: Vec<&str> = spread.iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        );
+        for c in &spread {
+            assert_eq!(c.when_unsatisfiable, "ScheduleAnyway");
+            assert_eq!(
+                c.label_selector
+                    .as_ref()
+                    .and_then(|l| l.match_labels.clone()),
+                p.deployment.spec.selector.match_labels
+            );
+        }
+    }
+}
+
+#[test]
+fn autoscaling_covers_the_routers_and_never_the_samplers() {
+    let s = spec(
+        r#"
+sampling: {tail: {keepErrors: true}}
+collector: {replicas: 3, autoscaling: {maxReplicas: 12}}
+backends: [{name: b, type: otlp, endpoint: "http://b:4317"}]
+"#,
+    );
+    let router = plan_tier(&s, Tier::Router);
+    let hpa = router.autoscaler.as_ref().expect("autoscaler");
+    assert_eq!(
+        hpa.metadata.name.as_deref(),
+        Some("caas-production-collector")
+    );
+    assert_eq!(hpa.spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(hpa.spec.scale_target_ref.name, "caas-production-collector");
+    assert_eq!(
+        (hpa.spec.min_replicas, hpa.spec.max_replicas),
+        (Some(3), 12)
+    );
+    let target = hpa
+        .spec
+        .metrics
+        .as_ref()
+        .and_then(|m| m[0].resource.as_ref());
+    assert_eq!(target.map(|r| r.name.as_str()), Some("cpu"));
+    assert_eq!(target.and_then(|r| r.target.average_utilization), Some(80));
+    // The autoscaler sets the routers' replicas; the operator leaves them alone.
+    assert_eq!(router.deployment.spec.replicas, None);
+    let sampler = plan_tier(&s, Tier::Sampler);
+    assert!(sampler.autoscaler.is_none());
+    assert_eq!(sampler.deployment.spec.replicas, Some(2));
 }
