@@ -90,30 +90,12 @@ impl Options {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!(
-            "admission: skipped outside `cargo bench` (needs a testbed cluster and minutes); see the doc comment of benches/admission.rs"
-        );
+    let Some((options, runtime)) = support::bench_start(
+        "admission",
+        "see the doc comment of benches/admission.rs",
+        Options::parse,
+    ) else {
         return;
-    }
-    let options = match Options::parse(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("admission: {e:#}");
-            std::process::exit(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("admission: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
     };
     if let Err(e) = runtime.block_on(run(&options)) {
         eprintln!("admission: {e:#}");

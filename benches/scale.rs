@@ -135,33 +135,12 @@ impl Options {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!(
-            "scale: skipped outside `cargo bench` (needs a testbed cluster and minutes); run `make bench`"
-        );
+    let Some((options, runtime)) =
+        support::bench_start("scale", "run `make bench`", Options::parse)
+    else {
         return;
-    }
-    let options = match Options::parse(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("scale: {e:#}");
-            std::process::exit(2);
-        }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("scale: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let ok = runtime.block_on(run(options));
-    if !ok {
+    if !runtime.block_on(run(options)) {
         std::process::exit(1);
     }
 }

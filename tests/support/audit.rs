@@ -83,9 +83,14 @@ pub fn log_path() -> PathBuf {
 }
 
 /// Every write the API server has recorded so far, from the log and the
-/// backups it rotated out (`audit-<time>.log`), so that a rotation during a
-/// test hides nothing.
+/// backups it rotated out, so that a rotation during a test hides nothing.
 pub fn writes() -> anyhow::Result<Vec<Write>> {
+    Ok(log_texts()?.iter().flat_map(|t| writes_in(t)).collect())
+}
+
+/// The text of the audit log and of the backups it rotated out
+/// (`audit-<time>.log`).
+pub fn log_texts() -> anyhow::Result<Vec<String>> {
     let path = log_path();
     ensure!(
         path.exists(),
@@ -106,13 +111,12 @@ pub fn writes() -> anyhow::Result<Vec<Write>> {
             }
         }
     }
-    let mut writes = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        writes.extend(writes_in(&text));
-    }
-    Ok(writes)
+    files
+        .iter()
+        .map(|file| {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+        })
+        .collect()
 }
 
 fn writes_in(log: &str) -> Vec<Write> {

@@ -339,3 +339,38 @@ pub fn counter_delta(
         .filter(|(_, v)| *v > 0)
         .collect()
 }
+
+/// How a benchmark's `main` starts: nothing outside `cargo bench` (printing why,
+/// with `hint`), then its options (exit 2 when they are bad) and a 2-worker
+/// runtime (exit 1 when it cannot start).
+pub fn bench_start<O>(
+    name: &str,
+    hint: &str,
+    parse: impl FnOnce(&[String]) -> anyhow::Result<O>,
+) -> Option<(O, tokio::runtime::Runtime)> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "{name}: skipped outside `cargo bench` (needs a testbed cluster and minutes); {hint}"
+        );
+        return None;
+    }
+    let options = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some((options, runtime)),
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}

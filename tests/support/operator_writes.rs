@@ -4,7 +4,6 @@
 //! whichever process or user sends them, and a test's own writes, `kubectl`'s
 //! (`kubectl-set`, `kubectl-patch`, ...) and the workload controllers' never do.
 
-use anyhow::Context as _;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
@@ -89,32 +88,10 @@ pub fn in_namespace(resource: &str, namespace: &str) -> anyhow::Result<Vec<Opera
 /// Every request with the operator's field manager in the audit log and the
 /// backups it rotated out.
 pub fn all() -> anyhow::Result<Vec<OperatorWrite>> {
-    let path = super::audit::log_path();
-    anyhow::ensure!(
-        path.exists(),
-        "no audit log at {}: these tests need the testbed's API server with its audit log",
-        path.display()
-    );
-    let mut files = vec![path.clone()];
-    if let Some(dir) = path.parent() {
-        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let file = entry?.path();
-            let name = file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.starts_with("audit-") && name.ends_with(".log") {
-                files.push(file);
-            }
-        }
-    }
-    let mut writes = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        writes.extend(parse(&text));
-    }
-    Ok(writes)
+    Ok(super::audit::log_texts()?
+        .iter()
+        .flat_map(|t| parse(t))
+        .collect())
 }
 
 fn by_operator(uri: &str) -> bool {
