@@ -92,6 +92,11 @@ impl Case {
         )
         .await;
         self.operator = Some(operator);
+        // A new admission policy takes a moment to be enforced; pods created
+        // before it would rightly miss their variables.
+        if !args.iter().any(|a| a.contains("pod-template")) {
+            support::admission::wait_injection_enforced(&self.client, "default").await;
+        }
     }
 
     fn operator(&self) -> &OperatorProcess {

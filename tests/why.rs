@@ -13,7 +13,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
@@ -149,7 +148,7 @@ async fn why_explains_each_outcome_with_its_exit_code() {
         &[],
     );
 
-    wait_admission_enforced(&client, &main).await;
+    support::admission::wait_injection_enforced(&client, &main).await;
 
     let gateway_env = json!([{"name": "SERVICE_NAME", "value": "api-gateway"}]);
     let mut pod_labels =
@@ -554,45 +553,6 @@ async fn why_explains_each_outcome_with_its_exit_code() {
     for name in names {
         harness::delete_policy(&client, name).await;
     }
-}
-
-/// Waits until the API server enforces the operator's MutatingAdmissionPolicy
-/// (a new one takes a moment): a dry-run pod carrying a plan gets its variable.
-/// Pods created before that would rightly be reported `InjectionNotApplied`.
-async fn wait_admission_enforced(client: &kube::Client, ns: &str) {
-    let probe: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "admission-probe", "annotations": {
-            "tracing.caas.io/inject": "app",
-            "tracing.caas.io/env": "OTEL_PROBE",
-            "env.tracing.caas.io/OTEL_PROBE": "1",
-        }},
-        "spec": {"containers": [{"name": "app", "image": "registry.local/app:1.0"}]}
-    }))
-    .expect("probe pod");
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    support::wait_until(
-        "the admission policy is enforced",
-        Duration::from_secs(60),
-        || {
-            let (pods, probe) = (pods.clone(), probe.clone());
-            async move {
-                let created = pods
-                    .create(
-                        &PostParams {
-                            dry_run: true,
-                            ..PostParams::default()
-                        },
-                        &probe,
-                    )
-                    .await
-                    .ok()?;
-                let env = created.spec?.containers.first()?.env.clone()?;
-                env.iter().any(|e| e.name == "OTEL_PROBE").then_some(())
-            }
-        },
-    )
-    .await;
 }
 
 /// kubectl with `dir` first on its PATH, where it looks for plugins.

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::core::Status;
 use kube::{Api, Client};
 use serde_json::Value;
+use serde_json::json;
 use tracing_operator::api::TracingPolicy;
 
 use super::wait_until;
@@ -53,4 +55,43 @@ pub fn denial(status: &Status) -> &str {
         .message
         .split_once("denied request: ")
         .map_or(status.message.as_str(), |(_, rest)| rest)
+}
+
+/// Waits until the API server enforces the operator's MutatingAdmissionPolicy
+/// (a new one takes a moment): a dry-run pod carrying a plan gets its variable.
+/// Pods created before that would rightly be reported `InjectionNotApplied`.
+pub async fn wait_injection_enforced(client: &kube::Client, ns: &str) {
+    let probe: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "admission-probe", "annotations": {
+            "tracing.caas.io/inject": "app",
+            "tracing.caas.io/env": "OTEL_PROBE",
+            "env.tracing.caas.io/OTEL_PROBE": "1",
+        }},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/app:1.0"}]}
+    }))
+    .expect("probe pod");
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    wait_until(
+        "the admission policy is enforced",
+        Duration::from_secs(60),
+        || {
+            let (pods, probe) = (pods.clone(), probe.clone());
+            async move {
+                let created = pods
+                    .create(
+                        &PostParams {
+                            dry_run: true,
+                            ..PostParams::default()
+                        },
+                        &probe,
+                    )
+                    .await
+                    .ok()?;
+                let env = created.spec?.containers.first()?.env.clone()?;
+                env.iter().any(|e| e.name == "OTEL_PROBE").then_some(())
+            }
+        },
+    )
+    .await;
 }
