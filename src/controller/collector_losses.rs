@@ -66,7 +66,7 @@ impl Default for CollectorLossReader {
 }
 
 impl CollectorLossReader {
-    /// The last reading of what the collectors of `policy` in `namespaces`
+    /// The last reading of what the collectors of `policy` in `tiers`
     /// lost (`None` until a pod answered). When it is older than [`READ_EVERY`], a
     /// new one starts in the background, and a reading that differs from the
     /// last triggers `policy` through `cache`, so status shows it.
