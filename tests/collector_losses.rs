@@ -48,31 +48,6 @@ fn loopback_address() -> String {
     )
 }
 
-/// The operator's config with the receivers, health check and metrics bound
-/// to `ip`, exporting to the local Jaeger instead of the in-cluster Service.
-fn local_config(
-    config_yaml: &str,
-    ip: &str,
-    http: u16,
-    grpc: u16,
-    jaeger: u16,
-) -> anyhow::Result<String> {
-    let mut c: Value = serde_saphyr::from_str(config_yaml)?;
-    let protocols = &mut c["receivers"]["otlp"]["protocols"];
-    protocols["grpc"]["endpoint"] = json!(format!("{ip}:{grpc}"));
-    protocols["http"]["endpoint"] = json!(format!("{ip}:{http}"));
-    c["extensions"]["health_check"]["endpoint"] = json!(format!("{ip}:{}", support::free_port()));
-    let prom =
-        &mut c["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"];
-    ensure!(prom.is_object(), "no Prometheus reader in {c}");
-    // The port stays the one the operator reads; only the host is the pod's.
-    prom["host"] = json!(ip);
-    let exporter = &mut c["exporters"]["otlp_grpc/jaeger"];
-    ensure!(exporter.is_object(), "no otlp_grpc/jaeger exporter in {c}");
-    exporter["endpoint"] = json!(format!("http://127.0.0.1:{jaeger}"));
-    Ok(serde_saphyr::to_string(&c)?)
-}
-
 /// `count` one-span traces, each with its own trace ID, as OTLP/JSON.
 fn traces(count: usize) -> String {
     let now = std::time::SystemTime::now()
@@ -163,9 +138,17 @@ async fn an_overloaded_tail_sampler_is_named_in_status_with_the_field_to_raise()
     let ip = loopback_address();
     let (http, grpc) = (support::free_port(), support::free_port());
     let config = scratch.path().join("collector.yaml");
+    // The metrics port stays the one the operator reads; only the host is the pod's.
+    let bind = support::collector::LocalBind {
+        host: &ip,
+        grpc,
+        http,
+        health: support::free_port(),
+        metrics: tracing_operator::plan::collector::METRICS_PORT,
+    };
     std::fs::write(
         &config,
-        local_config(config_yaml, &ip, http, grpc, jaeger.otlp_grpc)?,
+        support::collector::local_config(config_yaml, &bind, jaeger.otlp_grpc)?,
     )?;
     let log = scratch.path().join("collector.log");
     let mut collector = Command::new(support::otelcol()?)

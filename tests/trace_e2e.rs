@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::EnvVar;
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::http_get;
 use support::jaeger::{Jaeger, JaegerTrace};
 use tracing_operator::api::{TracingPolicySpec, WorkloadKind};
@@ -456,19 +456,14 @@ fn local_collector_config(
         header_secret_keys: &HeaderSecretKeys::new(),
         owner: None,
     })?;
-    let mut c: Value = serde_saphyr::from_str(&plan.config_yaml)?;
-    let protocols = &mut c["receivers"]["otlp"]["protocols"];
-    protocols["grpc"]["endpoint"] = json!(format!("127.0.0.1:{}", ports.grpc));
-    protocols["http"]["endpoint"] = json!(format!("127.0.0.1:{}", ports.http));
-    c["extensions"]["health_check"]["endpoint"] = json!(format!("127.0.0.1:{}", ports.health));
-    let prom =
-        &mut c["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"];
-    prom["host"] = json!("127.0.0.1");
-    prom["port"] = json!(ports.metrics);
-    let exporter = &mut c["exporters"]["otlp_grpc/jaeger"];
-    ensure!(exporter.is_object(), "no otlp_grpc/jaeger exporter in {c}");
-    exporter["endpoint"] = json!(format!("http://127.0.0.1:{jaeger_otlp}"));
-    Ok(serde_saphyr::to_string(&c)?)
+    let bind = support::collector::LocalBind {
+        host: "127.0.0.1",
+        grpc: ports.grpc,
+        http: ports.http,
+        health: ports.health,
+        metrics: ports.metrics,
+    };
+    support::collector::local_config(&plan.config_yaml, &bind, jaeger_otlp)
 }
 
 struct CollectorPorts {

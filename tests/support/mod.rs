@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod apiserver;
 pub mod audit;
+pub mod collector;
 pub mod histogram;
 pub mod injection;
 pub mod jaeger;
