@@ -670,6 +670,11 @@ enum WriteResult {
     Transient(String),
 }
 
+/// A pod of `wid` could not be read to check admission: the write waits for a retry.
+fn pod_check_failed(wid: &WorkloadId, error: &kube::Error) -> WriteResult {
+    WriteResult::Transient(format!("checking a pod of {wid}: {error}"))
+}
+
 fn write_id(write: &Write) -> &WorkloadId {
     match write {
         Write::Plan { id, .. }
@@ -721,15 +726,7 @@ async fn perform(
                         annotations.insert(INJECTION_ANNOTATION.to_string(), verdict);
                     }
                     Ok(None) => {}
-                    Err(error) => {
-                        return (
-                            id,
-                            outcome,
-                            Some(WriteResult::Transient(format!(
-                                "checking a pod of {wid}: {error}"
-                            ))),
-                        );
-                    }
+                    Err(error) => return (id, outcome, Some(pod_check_failed(wid, &error))),
                 }
             }
             let body =
@@ -774,15 +771,7 @@ async fn perform(
                     annotations.insert(INJECTION_ANNOTATION.to_string(), verdict);
                 }
                 Ok(_) => return (id, outcome, Some(WriteResult::Done)),
-                Err(error) => {
-                    return (
-                        id,
-                        outcome,
-                        Some(WriteResult::Transient(format!(
-                            "checking a pod of {wid}: {error}"
-                        ))),
-                    );
-                }
+                Err(error) => return (id, outcome, Some(pod_check_failed(wid, &error))),
             }
             let body =
                 injection::apply_body(ctx.injection, wid, &plan, live.as_deref(), &annotations);
