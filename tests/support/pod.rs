@@ -27,8 +27,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 
-/// The lines a process printed, each with the time it arrived; notified on each.
-type Lines = Arc<(Mutex<Vec<(Instant, String)>>, Condvar)>;
+/// What a process printed so far; notified on each line and at each stream's end.
+type Lines = Arc<(Mutex<Printed>, Condvar)>;
+
+#[derive(Default)]
+struct Printed {
+    /// Each line with the time it arrived.
+    lines: Vec<(Instant, String)>,
+    /// Output streams (stdout, stderr) not yet at their end.
+    open: usize,
+}
 
 /// Variables of the test's own environment that the process also gets, as an
 /// image's `ENV` would give them: where programs are, and a home and locale.
@@ -446,7 +454,13 @@ impl PodProcess {
             command: program.to_string_lossy().into_owned(),
             source,
         })?;
-        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let lines: Lines = Arc::new((
+            Mutex::new(Printed {
+                lines: Vec::new(),
+                open: usize::from(child.stdout.is_some()) + usize::from(child.stderr.is_some()),
+            }),
+            Condvar::new(),
+        ));
         if let Some(out) = child.stdout.take() {
             copy_lines(Output::Stdout(out), file.clone(), lines.clone());
         }
@@ -473,36 +487,44 @@ impl PodProcess {
     ) -> anyhow::Result<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         let (lock, arrived) = &*self.lines;
-        let mut lines = lock
+        let mut printed = lock
             .lock()
             .map_err(|_| anyhow::anyhow!("a log reader of {} panicked", self.name))?;
+        let mut exited = None;
         loop {
-            if let Some((at, line)) = lines.iter().find(|(_, l)| l.starts_with(prefix)) {
+            if let Some((at, line)) = printed.lines.iter().find(|(_, l)| l.starts_with(prefix)) {
                 return Ok((*at, line[prefix.len()..].to_string()));
             }
-            if let Some(status) = self.child.try_wait()? {
-                drop(lines);
-                // The readers may still hold the last lines: let them finish.
-                std::thread::sleep(Duration::from_millis(100));
-                anyhow::bail!(
-                    "{} exited ({status}) before printing {prefix:?}\n{}",
-                    self.name,
-                    super::log_tail(&self.name, &self.log)
-                );
-            }
             let now = Instant::now();
+            if exited.is_none() {
+                exited = self.child.try_wait()?.map(|status| (status, now));
+            }
+            // An exit is judged only once both streams are read to their end (or
+            // a grandchild that keeps a pipe open has had a second): the last
+            // lines may still be in the pipe when the process is gone.
+            if let Some((status, at)) = exited {
+                if printed.open == 0 || now >= at + Duration::from_secs(1) {
+                    drop(printed);
+                    anyhow::bail!(
+                        "{} exited ({status}) before printing {prefix:?}\n{}",
+                        self.name,
+                        super::log_tail(&self.name, &self.log)
+                    );
+                }
+            }
             if now >= deadline {
-                drop(lines);
+                drop(printed);
                 anyhow::bail!(
                     "{} printed no {prefix:?} line within {timeout:?}\n{}",
                     self.name,
                     super::log_tail(&self.name, &self.log)
                 );
             }
-            // Woken by each new line; the cap notices an exit without output.
+            // Woken by each new line and each stream's end; the cap notices an
+            // exit without output.
             let wait = (deadline - now).min(Duration::from_millis(100));
-            lines = arrived
-                .wait_timeout(lines, wait)
+            printed = arrived
+                .wait_timeout(printed, wait)
                 .map_err(|_| anyhow::anyhow!("a log reader of {} panicked", self.name))?
                 .0;
         }
@@ -581,10 +603,15 @@ fn copy_lines(out: Output, file: Arc<Mutex<File>>, lines: Lines) {
                 let _ = writeln!(f, "{line}");
             }
             let (lock, arrived) = &*lines;
-            if let Ok(mut l) = lock.lock() {
-                l.push((at, line));
+            if let Ok(mut printed) = lock.lock() {
+                printed.lines.push((at, line));
                 arrived.notify_all();
             }
+        }
+        let (lock, arrived) = &*lines;
+        if let Ok(mut printed) = lock.lock() {
+            printed.open = printed.open.saturating_sub(1);
+            arrived.notify_all();
         }
     });
 }
