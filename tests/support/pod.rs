@@ -502,15 +502,15 @@ impl PodProcess {
             // An exit is judged only once both streams are read to their end (or
             // a grandchild that keeps a pipe open has had a second): the last
             // lines may still be in the pipe when the process is gone.
-            if let Some((status, at)) = exited {
-                if printed.open == 0 || now >= at + Duration::from_secs(1) {
-                    drop(printed);
-                    anyhow::bail!(
-                        "{} exited ({status}) before printing {prefix:?}\n{}",
-                        self.name,
-                        super::log_tail(&self.name, &self.log)
-                    );
-                }
+            if let Some((status, at)) = exited
+                && (printed.open == 0 || now >= at + Duration::from_secs(1))
+            {
+                drop(printed);
+                anyhow::bail!(
+                    "{} exited ({status}) before printing {prefix:?}\n{}",
+                    self.name,
+                    super::log_tail(&self.name, &self.log)
+                );
             }
             if now >= deadline {
                 drop(printed);
