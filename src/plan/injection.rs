@@ -402,16 +402,11 @@ pub fn removal_body(id: &WorkloadId) -> Value {
 pub fn mutating_admission_policy(operator_version: &str) -> Value {
     // A JSON patch, not an apply configuration: `valueFrom.fieldRef` is an atomic
     // struct, which an apply configuration may not set. `C` is the container at
-    // index `i`; per container: the names it sets itself, and its version.
+    // index `i`; what is computed once per container (the names it sets itself,
+    // its version) is a variable indexed by `i`, not text repeated per variable.
     let c = "object.spec.containers[i]";
-    let own = format!("(has({c}.env) ? {c}.env.map(e, e.name) : [])");
-    let reference = format!("(has({c}.image) ? {c}.image.split('@')[0] : '')");
-    let tag = format!(
-        "({reference}.lastIndexOf(':') > {reference}.lastIndexOf('/') ? {reference}.substring({reference}.lastIndexOf(':') + 1) : '')"
-    );
-    let version = format!(
-        "(variables.podVersion != '' ? variables.podVersion : ({tag} != '' ? {tag} : variables.defaultVersion))"
-    );
+    let own = "variables.own[i]";
+    let version = "variables.versions[i]";
     let value = format!(
         "n == '{RESOURCE_ATTRIBUTES_VAR}' ? ({version} != '' ? 'service.version=' + {version} + ',' : '') + variables.ann['{ENV_VALUE_PREFIX}' + n] + ',k8s.container.name=' + {c}.name : variables.ann['{ENV_VALUE_PREFIX}' + n].replace('{VERSION_TOKEN}', {version})"
     );
@@ -446,7 +441,10 @@ pub fn mutating_admission_policy(operator_version: &str) -> Value {
     );
     let entries = format!("({sdk_entries} + {agent_entries})");
     let path = "'/spec/containers/' + string(i) + '/env'";
-    // Appended one by one, in order, to an env list the container has; set whole where it has none.
+    // Appended one by one, in order, to an env list the container has (a
+    // `replace` of the whole list cannot mix the container's own entries with
+    // constructed ones: the API server cannot marshal that list); set whole where
+    // it has none.
     let env_patches = format!(
         "(has({c}.env) ? {entries}.map(e, JSONPatch{{op: 'add', path: {path} + '/-', value: e}}) : (size({entries}) > 0 ? [JSONPatch{{op: 'add', path: {path}, value: {entries}}}] : []))"
     );
@@ -525,6 +523,10 @@ has(object.spec.initContainers) ? JSONPatch{{op: 'add', path: '/spec/initContain
             "{agent_off} ? [] : variables.targets.filter(t, t in variables.ann['{AGENT_CONTAINERS_ANNOTATION}'].split(',')).map(t, object.spec.containers.map(x, x.name).indexOf(t)).filter(i, {agent_fit})"
         ) }),
     ];
+    let reference = "(has(c.image) ? c.image.split('@')[0] : '')";
+    let tag = format!(
+        "({reference}.lastIndexOf(':') > {reference}.lastIndexOf('/') ? {reference}.substring({reference}.lastIndexOf(':') + 1) : '')"
+    );
     let mut variables = vec![
         json!({ "name": "ann", "expression": "object.metadata.annotations" }),
         json!({ "name": "containers", "expression": format!("variables.ann['{INJECT_ANNOTATION}'].split(',')") }),
@@ -535,6 +537,12 @@ has(object.spec.initContainers) ? JSONPatch{{op: 'add', path: '/spec/initContain
         ) }),
         json!({ "name": "defaultVersion", "expression": format!(
             "'{DEFAULT_VERSION_ANNOTATION}' in variables.ann ? variables.ann['{DEFAULT_VERSION_ANNOTATION}'] : ''"
+        ) }),
+        // Per container, by index: the names it sets itself, and its version (the
+        // pod's, else its image tag, else the policy's).
+        json!({ "name": "own", "expression": "object.spec.containers.map(c, has(c.env) ? c.env.map(e, e.name) : [])" }),
+        json!({ "name": "versions", "expression": format!(
+            "object.spec.containers.map(c, variables.podVersion != '' ? variables.podVersion : ({tag} != '' ? {tag} : variables.defaultVersion))"
         ) }),
     ];
     variables.extend(agent_variables);
