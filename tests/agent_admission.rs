@@ -1237,6 +1237,153 @@ async fn real_agents_trace_the_pods_the_api_server_stored_and_leave_with_the_pol
     drop(plain);
 }
 
+/// An agent that keeps a workload from becoming available is the operator's own
+/// change failing: the rollout's health gate catches it and `onFailure:
+/// Rollback` takes the plan, agent included, out of that workload only. kwok
+/// keeps pods labelled `testbed.caas.io/breaks-with-agent=true` that have the
+/// agent's init container Running but never Ready (a broken agent image would
+/// do that); the same workload without the agent is healthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_breaks_its_workload_is_rolled_back_from_that_workload_only() {
+    const NAME: &str = "agent-rollback";
+    const TEST: &str = "agent-rollback";
+    admission_operator();
+    let client = support::client().await;
+    harness::clear_policies(&client, &[NAME]).await;
+    let ns = harness::namespace(&client, TEST, &[]).await;
+    let _cleanup = support::Cleanup::new(&[NAME], &[ns.as_str()]);
+    support::admission::wait_injection_enforced(&client, &ns).await;
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    for (name, breaks) in [("broken", true), ("fine", false)] {
+        let mut labels = json!({"app.kubernetes.io/name": name});
+        if breaks {
+            labels["testbed.caas.io/breaks-with-agent"] = json!("true");
+        }
+        let d = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {"instrumentation.tracing.caas.io/language": "nodejs"}},
+                    "spec": {"containers": [{"name": name, "image": format!("registry.local/{name}:1.0")}]},
+                },
+            },
+        }))
+        .expect("deployment manifest");
+        deployments
+            .create(&PostParams::default(), &d)
+            .await
+            .expect("deployment created");
+    }
+    // Both available on their own first: before the agent, `broken` is healthy.
+    support::wait_until(
+        "both Deployments available before the policy",
+        Duration::from_secs(120),
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let all = deployments.list(&Default::default()).await.ok()?.items;
+                (all.len() == 2 && all.iter().all(harness::rolled_out)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    harness::apply_policy(
+        &client,
+        &harness::policy(
+            NAME,
+            TEST,
+            json!({"rollout": {"strategy": "Progressive", "maxConcurrent": 2,
+                "progressDeadline": "10s", "onFailure": "Rollback"}}),
+        ),
+    )
+    .await;
+    let p = harness::wait_policy_within(
+        &client,
+        NAME,
+        "broken failed and fine rolled out with its agent",
+        Duration::from_secs(180),
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.failures.iter().any(|f| f.name == "broken") && s.workloads.up_to_date == 1
+            })
+        },
+    )
+    .await;
+    let status = p.status.as_ref().expect("status");
+    let failure = status
+        .failures
+        .iter()
+        .find(|f| f.name == "broken")
+        .expect("broken listed in status.failures");
+    assert_eq!(failure.reason, "PodsNotReady", "{failure:?}");
+    assert!(
+        failure.message.contains("rolled back"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(
+        status.workloads.agents.nodejs, 1,
+        "only fine keeps its agent"
+    );
+
+    // broken: the plan and the agent are out of its template, and its next pod
+    // is the user's own again, and Ready.
+    let broken = harness::wait_deployment(&client, &ns, "broken", "plan removed", |d| {
+        let template = d
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref());
+        !template.is_some_and(|a| a.keys().any(|k| k.starts_with("tracing.caas.io/")))
+            && harness::rolled_out(d)
+    })
+    .await;
+    assert!(
+        broken
+            .annotations()
+            .contains_key("tracing.caas.io/rollout-failed"),
+        "the failed plan is recorded, so it is not applied again"
+    );
+    let pod = stored_pod(&client, &ns, "broken", "without the agent", |p| {
+        !planned(p) && !has_init(p)
+    })
+    .await;
+    assert!(
+        container(&pod, "broken").env.is_none(),
+        "no variable of the operator's is left: {:?}",
+        container(&pod, "broken").env
+    );
+    // fine: its pod keeps the agent.
+    let pod = stored_pod(&client, &ns, "fine", "with the agent", has_init).await;
+    assert_eq!(
+        value(container(&pod, "fine"), "NODE_OPTIONS"),
+        Some("--require /otel-auto-instrumentation/autoinstrumentation.js")
+    );
+    // The Event on the policy or the workload says why.
+    let events = support::kubectl_ok(&[
+        "get",
+        "events",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.starts_with("RolloutFailed:") && l.contains("broken")),
+        "{events}"
+    );
+    harness::delete_policy(&client, NAME).await;
+}
+
 /// `spec.instrumentation` through the API server's validation (the CRD's
 /// schema and CEL rules), as a dry-run create: each bad value is refused
 /// naming its field, and a good one is accepted.

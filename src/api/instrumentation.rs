@@ -135,7 +135,8 @@ pub struct AgentResources {
 #[serde(transparent)]
 pub struct QuantityText(#[schemars(length(min = 1, max = 32))] pub String);
 
-/// Agent counts of a policy's selected workloads.
+/// Agent counts of a policy's selected workloads (a workload whose rollout was
+/// rolled back runs without its agent and is not counted).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 pub struct AgentCounts {
     /// Workloads whose pods get the Node.js agent.

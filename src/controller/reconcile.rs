@@ -541,6 +541,7 @@ async fn enforce(
                 Outcome::Failed {
                     reason: rollout::REASON_APPLY_REJECTED.into(),
                     message: message.clone(),
+                    rolled_back: false,
                 },
             ));
             continue;
@@ -805,6 +806,7 @@ async fn perform(
                 Outcome::Failed {
                     reason: reason.into(),
                     message: message.clone(),
+                    rolled_back: false,
                 },
                 Some(WriteResult::Rejected { hash, message }),
             )
@@ -837,15 +839,20 @@ fn step_outcome(step: &RolloutStep, paused_by: Option<String>) -> Outcome {
         RolloutStep::WaitingForWorkload { message } => Outcome::WaitingForOwner {
             message: message.clone(),
         },
-        RolloutStep::Failed { reason, message } | RolloutStep::RolledBack { reason, message } => {
-            Outcome::Failed {
-                reason: (*reason).to_string(),
-                message: message.clone(),
-            }
-        }
+        RolloutStep::Failed { reason, message } => Outcome::Failed {
+            reason: (*reason).to_string(),
+            message: message.clone(),
+            rolled_back: false,
+        },
+        RolloutStep::RolledBack { reason, message } => Outcome::Failed {
+            reason: (*reason).to_string(),
+            message: message.clone(),
+            rolled_back: true,
+        },
         RolloutStep::RollBack { reason, message } => Outcome::Failed {
             reason: (*reason).to_string(),
             message: rollout::rolled_back_message(message),
+            rolled_back: true,
         },
     }
 }

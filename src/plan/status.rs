@@ -54,8 +54,13 @@ pub enum Outcome {
     Held { reason: String },
     /// Left as it is until the collector it would send to has a ready replica.
     WaitingForCollector { message: String },
-    /// Applying or removing failed, or the rollout missed its deadline.
-    Failed { reason: String, message: String },
+    /// Applying or removing failed, or the rollout missed its deadline;
+    /// `rolled_back`: the operator took its change out again (`onFailure: Rollback`).
+    Failed {
+        reason: String,
+        message: String,
+        rolled_back: bool,
+    },
     /// Another policy owns it.
     Conflicted { winner: String },
     /// DryRun: this change would be made.
@@ -137,7 +142,9 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
                 waiting.push(issue(id, "WaitingForCollector", message));
             }
             Outcome::Held { .. } => {}
-            Outcome::Failed { reason, message } => {
+            Outcome::Failed {
+                reason, message, ..
+            } => {
                 counts.failed += 1;
                 failures.push(issue(id, reason, message));
             }
@@ -171,8 +178,24 @@ pub fn compute(input: &StatusInput<'_>) -> TracingPolicyStatus {
         }
     }
     let mut agents_skipped = Vec::new();
+    // A workload whose change was rolled back runs without its agent.
+    let rolled_back: std::collections::BTreeSet<&WorkloadId> = input
+        .outcomes
+        .iter()
+        .filter(|(_, o)| {
+            matches!(
+                o,
+                Outcome::Failed {
+                    rolled_back: true,
+                    ..
+                }
+            )
+        })
+        .map(|(id, _)| id)
+        .collect();
     for (id, agent) in input.agents {
         let counter = match agent.language {
+            _ if rolled_back.contains(id) => None,
             Some(Language::NodeJs) => Some(&mut counts.agents.nodejs),
             Some(Language::Java) => Some(&mut counts.agents.java),
             Some(Language::Python) => Some(&mut counts.agents.python),
@@ -785,6 +808,7 @@ mod tests {
                 Outcome::Failed {
                     reason: "ApplyRejected".into(),
                     message: "422".into(),
+                    rolled_back: false,
                 },
             ),
             (
@@ -822,6 +846,7 @@ mod tests {
             Outcome::Failed {
                 reason: "PodsNotReady".into(),
                 message: "0/1 available".into(),
+                rolled_back: false,
             },
         );
         // Failed with nothing left rolling out.
@@ -959,6 +984,7 @@ mod tests {
             Outcome::Failed {
                 reason: "PodsNotReady".into(),
                 message: "0/1 available".into(),
+                rolled_back: false,
             },
         )];
         let s1 = status_of(&spec, None, &failed, &[], 1);
@@ -1095,6 +1121,7 @@ mod tests {
         failing[2].1 = Outcome::Failed {
             reason: "PodsNotReady".into(),
             message: "0/1 available".into(),
+            rolled_back: false,
         };
         let failed = status_of(&spec, Some(&moved), &failing, &[], 110);
         assert!(!only_progress(&moved, &failed));
@@ -1140,11 +1167,12 @@ mod tests {
                 Outcome::Failed {
                     reason: "PodsNotReady".into(),
                     message: "0/1 pods ready after 10m".into(),
+                    rolled_back: false,
                 },
             ),
             (legacy.clone(), Outcome::UpToDate),
         ];
-        let s = compute(&StatusInput {
+        let input = StatusInput {
             generation: Some(3),
             spec: &spec,
             previous: None,
@@ -1156,7 +1184,8 @@ mod tests {
             collector: None,
             injection: Injection::Admission,
             now: time(1),
-        });
+        };
+        let s = compute(&input);
         let a = &s.workloads.agents;
         assert_eq!(
             (a.nodejs, a.java, a.python, a.dotnet, a.skipped),
@@ -1186,6 +1215,18 @@ mod tests {
             "{}",
             failure.message
         );
+        // Once rolled back, auth's pods run without the agent: not counted.
+        let mut rolled = outcomes.clone();
+        rolled[1].1 = Outcome::Failed {
+            reason: "PodsNotReady".into(),
+            message: "0/1 pods ready after 10m; rolled back".into(),
+            rolled_back: true,
+        };
+        let s = compute(&StatusInput {
+            outcomes: &rolled,
+            ..input
+        });
+        assert_eq!((s.workloads.agents.nodejs, s.workloads.agents.java), (1, 0));
         // Without agents nothing is added to status.
         let plain = status_of(&spec, None, &outcomes, &[], 1);
         assert!(plain.workloads.agents.is_zero());
