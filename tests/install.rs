@@ -716,6 +716,31 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
             ("patch", "", "configmaps", None, ns, Some("kube-proxy")),
             ("create", "", "services", None, ns, None),
             ("delete", "", "services", None, ns, Some("web")),
+            ("create", "policy", "poddisruptionbudgets", None, ns, None),
+            (
+                "delete",
+                "policy",
+                "poddisruptionbudgets",
+                None,
+                ns,
+                Some("web"),
+            ),
+            (
+                "create",
+                "autoscaling",
+                "horizontalpodautoscalers",
+                None,
+                ns,
+                None,
+            ),
+            (
+                "patch",
+                "autoscaling",
+                "horizontalpodautoscalers",
+                None,
+                ns,
+                Some("web"),
+            ),
         ]);
     }
     for (verb, group, resource, sub, ns, name) in denied {
@@ -783,6 +808,47 @@ async fn the_charts_service_account_reconciles_and_can_do_nothing_else() {
             ("patch", "", "configmaps", None, ns, Some("x-collector")),
             ("create", "", "services", None, ns, None),
             ("delete", "", "services", None, ns, Some("x-collector")),
+            ("create", "policy", "poddisruptionbudgets", None, ns, None),
+            (
+                "patch",
+                "policy",
+                "poddisruptionbudgets",
+                None,
+                ns,
+                Some("x-collector"),
+            ),
+            (
+                "delete",
+                "policy",
+                "poddisruptionbudgets",
+                None,
+                ns,
+                Some("x-collector"),
+            ),
+            (
+                "create",
+                "autoscaling",
+                "horizontalpodautoscalers",
+                None,
+                ns,
+                None,
+            ),
+            (
+                "patch",
+                "autoscaling",
+                "horizontalpodautoscalers",
+                None,
+                ns,
+                Some("x-collector"),
+            ),
+            (
+                "delete",
+                "autoscaling",
+                "horizontalpodautoscalers",
+                None,
+                ns,
+                Some("x-collector"),
+            ),
         ]);
     }
     for (verb, group, resource, sub, ns, name) in allowed {
