@@ -7,7 +7,9 @@
 //! - `bound`: the binding in place, no TracingPolicy selecting the pods: what
 //!   every pod of the cluster pays (the policy's match condition only);
 //! - `traced`: a TracingPolicy selects the Deployments: each pod gets the plan
-//!   at admission.
+//!   at admission;
+//! - `agents`: the same with the Node.js agent (`spec.instrumentation`): each pod
+//!   also gets the agent's volume, init container, mount and `NODE_OPTIONS`.
 //!
 //! The figures are the API server's own, as deltas over each phase's pod
 //! creations: the MutatingAdmissionPolicy's metrics
@@ -108,6 +110,7 @@ enum Phase {
     Unbound,
     Bound,
     Traced,
+    Agents,
 }
 
 impl Phase {
@@ -116,7 +119,13 @@ impl Phase {
             Phase::Unbound => "unbound",
             Phase::Bound => "bound",
             Phase::Traced => "traced",
+            Phase::Agents => "agents",
         }
+    }
+
+    /// A TracingPolicy selects this phase's Deployments.
+    fn traced(self) -> bool {
+        matches!(self, Phase::Traced | Phase::Agents)
     }
 }
 
@@ -133,7 +142,23 @@ struct Figures {
     step: Histogram,
     policy: Histogram,
     policy_errors: f64,
+    serial: Option<Serial>,
 }
+
+/// One at a time, with nothing else going on: the same pod (a phase
+/// Deployment's template) created with `dryRun=All` with and without the
+/// operator's annotations, alternately. What one pod CREATE pays, without the
+/// contention of a 1,000-pod burst on a 2-core machine.
+struct Serial {
+    /// Seconds per CREATE, sorted; `planned` carries the plan, `plain` does not.
+    planned: Vec<f64>,
+    plain: Vec<f64>,
+    /// The policy's own mutation over those creates.
+    policy: Histogram,
+}
+
+/// Creates per kind in [`Serial`].
+const SERIAL_CREATES: usize = 300;
 
 async fn run(o: &Options) -> Result<()> {
     let client = support::client().await;
@@ -157,7 +182,7 @@ async fn run(o: &Options) -> Result<()> {
     let mut all = Vec::new();
     let mut operator = start_operator(&dir, "operator-1").await?;
     for round in 1..=o.rounds {
-        for phase in [Phase::Unbound, Phase::Bound, Phase::Traced] {
+        for phase in [Phase::Unbound, Phase::Bound, Phase::Traced, Phase::Agents] {
             if phase == Phase::Unbound {
                 // The operator puts its binding in place when it starts: delete it now.
                 kubectl(&[
@@ -339,8 +364,8 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
         client.clone(),
         &kube::api::ApiResource::erase::<tracing_operator::api::TracingPolicy>(&()),
     );
-    if phase == Phase::Traced {
-        let policy = json!({
+    if phase.traced() {
+        let mut policy = json!({
             "apiVersion": "tracing.caas.io/v1alpha1",
             "kind": "TracingPolicy",
             "metadata": {"name": POLICY},
@@ -351,6 +376,11 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
                 "rollout": {"strategy": "Immediate"}
             }
         });
+        if phase == Phase::Agents {
+            policy["spec"]["instrumentation"] = json!({"nodejs": {"selector": {
+                "matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "Exists"}]
+            }}});
+        }
         policies
             .patch(
                 POLICY,
@@ -372,7 +402,11 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
                                 .metadata
                                 .as_ref()
                                 .and_then(|m| m.annotations.as_ref())
-                                .is_some_and(|a| a.contains_key("tracing.caas.io/inject"))
+                                .is_some_and(|a| {
+                                    a.contains_key("tracing.caas.io/inject")
+                                        && (phase != Phase::Agents
+                                            || a.contains_key("tracing.caas.io/agent"))
+                                })
                         }))
                 }
             },
@@ -428,17 +462,21 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
         .list(&ListParams::default())
         .await?
         .items;
-    let injected = pods
-        .iter()
-        .filter(|p| {
-            p.spec.as_ref().is_some_and(|s| {
-                s.containers
-                    .iter()
-                    .flat_map(|c| c.env.iter().flatten())
-                    .any(|e| e.name == "OTEL_SERVICE_NAME")
+    let injected =
+        pods.iter()
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.containers
+                        .iter()
+                        .flat_map(|c| c.env.iter().flatten())
+                        .any(|e| e.name == "OTEL_SERVICE_NAME")
+                        && (phase != Phase::Agents
+                            || s.init_containers.iter().flatten().any(|c| {
+                                c.name == tracing_operator::plan::agents::INIT_CONTAINER_NAME
+                            }))
+                })
             })
-        })
-        .count();
+            .count();
     let request_labels = [
         ("verb", "POST"),
         ("resource", "pods"),
@@ -491,10 +529,18 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
             "apiserver_mutating_admission_policy_check_total",
             &[("policy", ADMISSION_POLICY), ("error_type", "no_error")],
         ),
+        serial: None,
     };
 
+    let serial = if phase.traced() {
+        Some(serial_creates(client, &ns, &names[0], phase).await?)
+    } else {
+        None
+    };
+    let figures = Figures { serial, ..figures };
+
     // Tear down before the next phase opens its window.
-    if phase == Phase::Traced {
+    if phase.traced() {
         policies.delete(POLICY, &DeleteParams::default()).await?;
         wait(Duration::from_secs(120), "the policy is deleted", || {
             let policies = policies.clone();
@@ -514,6 +560,89 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
     )
     .await?;
     Ok(figures)
+}
+
+async fn serial_creates(
+    client: &Client,
+    ns: &str,
+    deployment: &str,
+    phase: Phase,
+) -> Result<Serial> {
+    let template = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(deployment)
+        .await?
+        .spec
+        .template;
+    let mut planned: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": format!("{deployment}-serial-")},
+        "spec": template.spec,
+    }))?;
+    let metadata = template.metadata.unwrap_or_default();
+    planned.metadata.labels = metadata.labels;
+    planned.metadata.annotations = metadata.annotations.clone();
+    let mut plain = planned.clone();
+    plain.metadata.annotations = metadata.annotations.map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| !k.contains("tracing.caas.io"))
+            .collect()
+    });
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let create = |pod: &Pod| {
+        let (pods, pod, dry_run) = (pods.clone(), pod.clone(), dry_run.clone());
+        async move {
+            let t = Instant::now();
+            let created = pods.create(&dry_run, &pod).await?;
+            Ok::<_, kube::Error>((t.elapsed().as_secs_f64(), created))
+        }
+    };
+    // Warm up, and check that the planned pod is what the phase measured.
+    for _ in 0..20 {
+        create(&plain).await?;
+        let (_, admitted) = create(&planned).await?;
+        let spec = admitted.spec.unwrap_or_default();
+        ensure!(
+            spec.containers
+                .iter()
+                .flat_map(|c| c.env.iter().flatten())
+                .any(|e| e.name == "OTEL_SERVICE_NAME")
+                && (phase != Phase::Agents || spec.init_containers.is_some_and(|i| !i.is_empty())),
+            "a dry-run pod with the plan was not injected"
+        );
+    }
+    let before = scrape()?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..SERIAL_CREATES {
+        // Alternating which goes first, so neither always follows the other.
+        let order = if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for with_plan in order {
+            if with_plan {
+                with.push(create(&planned).await?.0);
+            } else {
+                without.push(create(&plain).await?.0);
+            }
+        }
+    }
+    let after = scrape()?;
+    let labels = [("policy", ADMISSION_POLICY)];
+    let name = "apiserver_mutating_admission_policy_check_duration_seconds";
+    with.sort_by(f64::total_cmp);
+    without.sort_by(f64::total_cmp);
+    Ok(Serial {
+        planned: with,
+        plain: without,
+        policy: Histogram::read(&after, name, &labels)
+            .since(&Histogram::read(&before, name, &labels)),
+    })
 }
 
 /// The latency of each pod CREATE in `ns` since `from` (stage `ResponseComplete`
@@ -642,6 +771,18 @@ fn print_phase(f: &Figures, round: usize) {
         histogram_text(&f.policy),
         f.policy_errors
     );
+    if let Some(s) = &f.serial {
+        println!(
+            "  one at a time (dryRun=All, n {} each, client-side): with the plan p50 {} p99 {}; \
+             without p50 {} p99 {}; the policy's own mutation: {}",
+            s.planned.len(),
+            exact_quantile(&s.planned, 0.5).map_or("-".to_string(), ms),
+            exact_quantile(&s.planned, 0.99).map_or("-".to_string(), ms),
+            exact_quantile(&s.plain, 0.5).map_or("-".to_string(), ms),
+            exact_quantile(&s.plain, 0.99).map_or("-".to_string(), ms),
+            histogram_text(&s.policy)
+        );
+    }
 }
 
 fn summary(all: &[(usize, Figures)]) {
@@ -655,7 +796,7 @@ fn summary(all: &[(usize, Figures)]) {
         let Some(base) = get(Phase::Unbound) else {
             continue;
         };
-        for phase in [Phase::Bound, Phase::Traced] {
+        for phase in [Phase::Bound, Phase::Traced, Phase::Agents] {
             let Some(f) = get(phase) else { continue };
             let per_pod = |h: &Histogram, b: &Histogram| {
                 if f.pods == 0 {
@@ -683,6 +824,20 @@ fn summary(all: &[(usize, Figures)]) {
                     _ => "- (not invoked)".to_string(),
                 }
             );
+            if let Some(s) = &f.serial {
+                let added =
+                    |q: f64| match (exact_quantile(&s.planned, q), exact_quantile(&s.plain, q)) {
+                        (Some(a), Some(b)) => ms(a - b),
+                        _ => "-".to_string(),
+                    };
+                println!(
+                    "  round {round} {:<8} one at a time: pod CREATE p50 {:>10}  p99 {:>10}  policy mean {}",
+                    phase.name(),
+                    added(0.5),
+                    added(0.99),
+                    s.policy.mean().map_or("-".to_string(), ms),
+                );
+            }
         }
     }
 }
