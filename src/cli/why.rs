@@ -19,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{CONFIG_HASH_ANNOTATION, TracingPolicy, TracingPolicyStatus, WorkloadKind};
 use crate::controller::{GuardedPolicy, policy_view, verify};
+use crate::plan::agents::{INIT_CONTAINER_NAME, MOUNT_PATH};
 use crate::plan::env::RESOURCE_ATTRIBUTES_VAR;
 use crate::plan::explain::{self, Explanation};
 use crate::plan::{Injection, NamespaceView, WorkloadPlan};
@@ -391,6 +392,36 @@ pub fn render(e: &Explanation) -> String {
             .map(|a| vec![a.key.clone(), a.value.clone(), a.source.clone()])
             .collect();
         table(&mut out, &["ATTRIBUTE", "VALUE", "SOURCE"], &rows);
+    }
+    if let Some(a) = &e.agent {
+        if !a.language.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nAgent: {} ({})\n  {} copied by the init container {INIT_CONTAINER_NAME}, mounted read-only at {MOUNT_PATH} in {}",
+                a.language,
+                a.source,
+                a.image,
+                a.containers.join(", ")
+            );
+            let rows: Vec<Vec<String>> = a
+                .variables
+                .iter()
+                .map(|v| vec![v.name.clone(), v.value.clone()])
+                .collect();
+            table(&mut out, &["VARIABLE", "VALUE"], &rows);
+        }
+        for s in &a.skipped {
+            let what = if s.container.is_empty() {
+                "the workload".to_string()
+            } else {
+                format!("container {}", s.container)
+            };
+            let _ = writeln!(
+                out,
+                "No {} agent for {what} ({}): {}",
+                s.language, s.reason, s.message
+            );
+        }
     }
     if !e.user_overrides.is_empty() {
         out.push_str("\nSet by the manifest (the user's value wins)\n");

@@ -110,6 +110,9 @@ pub struct Explanation {
     pub user_overrides: Vec<UserOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// The OpenTelemetry agent its pods get (`spec.instrumentation`), if it has a language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Agent>,
     /// Admission injection: what a current pod carries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodCheck>,
@@ -118,6 +121,39 @@ pub struct Explanation {
     /// The owner's plan, for the pod check.
     #[serde(skip)]
     pub plan: Option<WorkloadPlan>,
+}
+
+/// The agent admission adds to the workload's pods, and the containers it skips.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    /// `nodejs`, `java`, `python` or `dotnet`; empty when every container is skipped.
+    pub language: String,
+    /// Where the language comes from.
+    pub source: String,
+    pub image: String,
+    /// The containers that get it, in pod order.
+    pub containers: Vec<String>,
+    /// Its variables, as the first of those containers gets them.
+    pub variables: Vec<AgentVariable>,
+    pub skipped: Vec<AgentSkipped>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentVariable {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSkipped {
+    /// Empty: the whole workload.
+    pub container: String,
+    pub language: String,
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// One policy's view of the workload.
@@ -283,6 +319,7 @@ pub fn explain(input: &Input<'_>) -> Explanation {
         attributes: Vec::new(),
         user_overrides: Vec::new(),
         rollout: None,
+        agent: None,
         pod: None,
         notes: Vec::new(),
         plan: None,
@@ -851,6 +888,7 @@ fn attribute_source(
 fn describe_plan(e: &mut Explanation, input: &Input<'_>, p: &PolicyView, plan: &WorkloadPlan) {
     let w = input.workload;
     e.containers = plan.containers.iter().map(|c| c.name.clone()).collect();
+    e.agent = describe_agent(input, plan);
     let first = plan
         .containers
         .first()
@@ -919,6 +957,68 @@ fn describe_plan(e: &mut Explanation, input: &Input<'_>, p: &PolicyView, plan: &
             kept_in,
         });
     }
+}
+
+/// The agent part of `plan`: the language and where it comes from, the
+/// variables with the first agent container's own values joined in, and the
+/// containers skipped.
+fn describe_agent(input: &Input<'_>, plan: &WorkloadPlan) -> Option<Agent> {
+    use super::agents::Source;
+    use crate::api::{LANGUAGE_ANNOTATION, OTEL_INJECT_ANNOTATION_PREFIX};
+    let decision = &plan.agent;
+    if decision.plan.is_none() && decision.skipped.is_empty() {
+        return None;
+    }
+    let skipped = decision
+        .skipped
+        .iter()
+        .map(|s| AgentSkipped {
+            container: s.container.clone().unwrap_or_default(),
+            language: s.language.clone(),
+            reason: s.reason.reason(),
+            message: s.message(),
+        })
+        .collect();
+    let Some(a) = decision.plan.as_deref() else {
+        return Some(Agent {
+            language: String::new(),
+            source: String::new(),
+            image: String::new(),
+            containers: Vec::new(),
+            variables: Vec::new(),
+            skipped,
+        });
+    };
+    let language = a.language.as_str();
+    let source = match a.source {
+        Source::PolicySelector => {
+            format!("spec.instrumentation.{language}.selector matches the workload's labels")
+        }
+        Source::LanguageAnnotation => format!("annotation {LANGUAGE_ANNOTATION}"),
+        Source::OtelOperatorAnnotation => {
+            format!("annotation {OTEL_INJECT_ANNOTATION_PREFIX}{language}")
+        }
+    };
+    let own = a.containers.first().and_then(|c| input.manifest_env.get(c));
+    let variables = a
+        .vars
+        .iter()
+        .map(|v| AgentVariable {
+            name: v.name.to_string(),
+            value: v.edit.apply(
+                own.and_then(|env| env.get(v.name))
+                    .map_or("", String::as_str),
+            ),
+        })
+        .collect();
+    Some(Agent {
+        language: language.to_string(),
+        source,
+        image: a.image.clone(),
+        containers: a.containers.clone(),
+        variables,
+        skipped,
+    })
 }
 
 fn rollout_state(

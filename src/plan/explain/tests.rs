@@ -510,3 +510,57 @@ fn the_json_form_names_the_facts() {
     );
     assert!(json.get("plan").is_none());
 }
+
+/// The example's gateway with the one label the example policy maps to Node.js,
+/// and `NODE_OPTIONS` of its own.
+#[test]
+fn a_labelled_gateway_shows_its_agent_with_the_manifests_own_flags_kept_first() {
+    let mut doc = documents(include_str!("../../../examples/workloads.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "gateway")
+        .expect("the example has the gateway");
+    doc["metadata"]["labels"]["caas.io/runtime"] = "nodejs".into();
+    doc["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .expect("the gateway has env")
+        .push(serde_json::json!({"name": "NODE_OPTIONS", "value": "--max-old-space-size=512"}));
+    let gateway = from_json::<Deployment>(doc).expect("projects");
+    let mut case = Case::new(vec![example_policy()], "caas-gateway", gateway);
+    case.manifest_env.insert(
+        "gateway".into(),
+        BTreeMap::from([(
+            "NODE_OPTIONS".to_string(),
+            "--max-old-space-size=512".to_string(),
+        )]),
+    );
+    let e = case.explain();
+    let agent = e.agent.as_ref().expect("an agent");
+    assert_eq!(agent.language, "nodejs");
+    assert_eq!(
+        agent.source,
+        "spec.instrumentation.nodejs.selector matches the workload's labels"
+    );
+    assert_eq!(agent.containers, ["gateway"]);
+    assert!(
+        agent.image.contains("autoinstrumentation-nodejs:"),
+        "{}",
+        agent.image
+    );
+    let options: Vec<(&str, &str)> = agent
+        .variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.value.as_str()))
+        .collect();
+    assert_eq!(
+        options,
+        [(
+            "NODE_OPTIONS",
+            "--max-old-space-size=512 --require /otel-auto-instrumentation/autoinstrumentation.js"
+        )]
+    );
+    assert!(agent.skipped.is_empty());
+
+    // Without the label: no agent, and nothing about one in the explanation.
+    let plain = Case::new(vec![example_policy()], "caas-gateway", example("gateway")).explain();
+    assert_eq!(plain.agent, None);
+}
