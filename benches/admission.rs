@@ -22,7 +22,7 @@
 //!
 //! Run it against a cluster of its own (no other tracing-operator; room for
 //! 1,000 pods): `cargo bench --bench admission` with `KUBECONFIG` set (`testbed/testbed env`);
-//! options after `--`: `--deployments N --replicas N --rounds N`. The operator's
+//! options after `--`: `--deployments N --replicas N --rounds N --serial N`. The operator's
 //! logs are in `target/bench-admission/`. The API server's figures do not depend
 //! on how the benchmark itself was built, so `--profile dev` saves the release build.
 //! Under `cargo test --all-targets` (no `--bench` argument) it returns at once.
@@ -59,6 +59,8 @@ struct Options {
     deployments: usize,
     replicas: i32,
     rounds: usize,
+    /// Creates per kind in each traced phase's one-at-a-time measurement.
+    serial: usize,
 }
 
 impl Options {
@@ -67,6 +69,7 @@ impl Options {
             deployments: 20,
             replicas: 50,
             rounds: 1,
+            serial: 1000,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -82,8 +85,9 @@ impl Options {
                 "--deployments" => o.deployments = number(arg)?,
                 "--replicas" => o.replicas = i32::try_from(number(arg)?)?,
                 "--rounds" => o.rounds = number(arg)?,
+                "--serial" => o.serial = number(arg)?,
                 other => bail!(
-                    "unknown argument {other:?}; known: --deployments N --replicas N --rounds N"
+                    "unknown argument {other:?}; known: --deployments N --replicas N --rounds N --serial N"
                 ),
             }
         }
@@ -145,20 +149,23 @@ struct Figures {
     serial: Option<Serial>,
 }
 
-/// One at a time, with nothing else going on: the same pod (a phase
-/// Deployment's template) created with `dryRun=All` with and without the
-/// operator's annotations, alternately. What one pod CREATE pays, without the
+/// One at a time, before the phase's burst, with nothing else going on: the
+/// same pod (a phase Deployment's template) created with `dryRun=All` with and without the
+/// operator's annotations, alternately (`--serial` each). What one pod CREATE pays, without the
 /// contention of a 1,000-pod burst on a 2-core machine.
+/// The field managers naming [`Serial`]'s two kinds of create.
+const SERIAL_PLANNED: &str = "bench-serial-planned";
+const SERIAL_PLAIN: &str = "bench-serial-plain";
+
 struct Serial {
     /// Seconds per CREATE, sorted; `planned` carries the plan, `plain` does not.
     planned: Vec<f64>,
     plain: Vec<f64>,
+    /// Where the latencies come from.
+    measured: &'static str,
     /// The policy's own mutation over those creates.
     policy: Histogram,
 }
-
-/// Creates per kind in [`Serial`].
-const SERIAL_CREATES: usize = 300;
 
 async fn run(o: &Options) -> Result<()> {
     let client = support::client().await;
@@ -415,6 +422,13 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
     }
     // Let the Deployments' own status writes settle before the window opens.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Before the burst, while the phase's Deployments are at 0 replicas: a
+    // quiet cluster, as most pod creations meet it.
+    let serial = if phase.traced() {
+        Some(serial_creates(client, &ns, &names[0], phase, o.serial).await?)
+    } else {
+        None
+    };
 
     let before = scrape()?;
     let audit_from = Timestamp::now();
@@ -509,7 +523,7 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
         creates: counted("apiserver_request_total", &created_labels),
         seconds,
         request: delta("apiserver_request_duration_seconds", &request_labels),
-        audit: audit_latencies(&ns, audit_from)?,
+        audit: audit_latencies(&ns, audit_from, None)?,
         plugin: delta(
             "apiserver_admission_controller_admission_duration_seconds",
             &plugin_labels,
@@ -529,15 +543,8 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
             "apiserver_mutating_admission_policy_check_total",
             &[("policy", ADMISSION_POLICY), ("error_type", "no_error")],
         ),
-        serial: None,
+        serial,
     };
-
-    let serial = if phase.traced() {
-        Some(serial_creates(client, &ns, &names[0], phase).await?)
-    } else {
-        None
-    };
-    let figures = Figures { serial, ..figures };
 
     // Tear down before the next phase opens its window.
     if phase.traced() {
@@ -567,6 +574,7 @@ async fn serial_creates(
     ns: &str,
     deployment: &str,
     phase: Phase,
+    creates: usize,
 ) -> Result<Serial> {
     let template = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(deployment)
@@ -589,22 +597,25 @@ async fn serial_creates(
             .collect()
     });
     let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    let dry_run = PostParams {
+    // The field manager only names the request in the audit log (a dry-run
+    // create stores nothing), so each kind's server-side latency can be told apart.
+    let params = |manager: &str| PostParams {
         dry_run: true,
-        ..PostParams::default()
+        field_manager: Some(manager.to_string()),
     };
-    let create = |pod: &Pod| {
-        let (pods, pod, dry_run) = (pods.clone(), pod.clone(), dry_run.clone());
+    let (with_plan, without_plan) = (params(SERIAL_PLANNED), params(SERIAL_PLAIN));
+    let create = |pod: &Pod, params: &PostParams| {
+        let (pods, pod, params) = (pods.clone(), pod.clone(), params.clone());
         async move {
             let t = Instant::now();
-            let created = pods.create(&dry_run, &pod).await?;
+            let created = pods.create(&params, &pod).await?;
             Ok::<_, kube::Error>((t.elapsed().as_secs_f64(), created))
         }
     };
     // Warm up, and check that the planned pod is what the phase measured.
     for _ in 0..20 {
-        create(&plain).await?;
-        let (_, admitted) = create(&planned).await?;
+        create(&plain, &without_plan).await?;
+        let (_, admitted) = create(&planned, &with_plan).await?;
         let spec = admitted.spec.unwrap_or_default();
         ensure!(
             spec.containers
@@ -616,39 +627,55 @@ async fn serial_creates(
         );
     }
     let before = scrape()?;
+    let from = Timestamp::now();
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    for i in 0..SERIAL_CREATES {
+    for i in 0..creates {
         // Alternating which goes first, so neither always follows the other.
         let order = if i % 2 == 0 {
             [true, false]
         } else {
             [false, true]
         };
-        for with_plan in order {
-            if with_plan {
-                with.push(create(&planned).await?.0);
+        for carries_plan in order {
+            if carries_plan {
+                with.push(create(&planned, &with_plan).await?.0);
             } else {
-                without.push(create(&plain).await?.0);
+                without.push(create(&plain, &without_plan).await?.0);
             }
         }
     }
     let after = scrape()?;
     let labels = [("policy", ADMISSION_POLICY)];
     let name = "apiserver_mutating_admission_policy_check_duration_seconds";
-    with.sort_by(f64::total_cmp);
-    without.sort_by(f64::total_cmp);
+    // The API server's own time where the testbed keeps an audit log (given a
+    // moment to reach the file); else
+    // the client's (a debug build's response parsing included).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (planned, plain, measured) = match (
+        audit_latencies(ns, from, Some(SERIAL_PLANNED))?,
+        audit_latencies(ns, from, Some(SERIAL_PLAIN))?,
+    ) {
+        (a, b) if a.len() == creates && b.len() == creates => (a, b, "API server, audit log"),
+        _ => {
+            with.sort_by(f64::total_cmp);
+            without.sort_by(f64::total_cmp);
+            (with, without, "client-side")
+        }
+    };
     Ok(Serial {
-        planned: with,
-        plain: without,
+        planned,
+        plain,
+        measured,
         policy: Histogram::read(&after, name, &labels)
             .since(&Histogram::read(&before, name, &labels)),
     })
 }
 
 /// The latency of each pod CREATE in `ns` since `from` (stage `ResponseComplete`
-/// minus `requestReceived`), in seconds, from the testbed's audit log; empty
-/// when the cluster has no such log.
-fn audit_latencies(ns: &str, from: Timestamp) -> Result<Vec<f64>> {
+/// minus `requestReceived`), in seconds, from the testbed's audit log (with
+/// `manager`, only the requests naming that field manager); empty when the
+/// cluster has no such log.
+fn audit_latencies(ns: &str, from: Timestamp, manager: Option<&str>) -> Result<Vec<f64>> {
     let path = support::audit::log_path();
     if !path.exists() {
         return Ok(Vec::new());
@@ -689,6 +716,10 @@ fn audit_latencies(ns: &str, from: Timestamp) -> Result<Vec<f64>> {
                 continue;
             };
             if received < from {
+                continue;
+            }
+            let uri = e["requestURI"].as_str().unwrap_or_default();
+            if manager.is_some_and(|m| !uri.contains(&format!("fieldManager={m}"))) {
                 continue;
             }
             let took = done.duration_since(received);
@@ -773,9 +804,10 @@ fn print_phase(f: &Figures, round: usize) {
     );
     if let Some(s) = &f.serial {
         println!(
-            "  one at a time (dryRun=All, n {} each, client-side): with the plan p50 {} p99 {}; \
+            "  one at a time (dryRun=All, n {} each, {}): with the plan p50 {} p99 {}; \
              without p50 {} p99 {}; the policy's own mutation: {}",
             s.planned.len(),
+            s.measured,
             exact_quantile(&s.planned, 0.5).map_or("-".to_string(), ms),
             exact_quantile(&s.planned, 0.99).map_or("-".to_string(), ms),
             exact_quantile(&s.plain, 0.5).map_or("-".to_string(), ms),
