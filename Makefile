@@ -18,8 +18,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# The testbed is started once and stopped at the end, pass or fail.
+# The testbed is started once and stopped at the end, pass or fail. It starts
+# fresh: a cluster left up by `make demo` still runs the demo's operator, which
+# would reconcile the tests' policies too.
 test: build
+	testbed/testbed down
 	testbed/testbed up
 	status=0; \
 	  $(MAKE) lint && cargo test --all-targets -- --test-threads=4 || status=$$?; \
