@@ -22,7 +22,7 @@ lint:
 # fresh: a cluster left up by `make demo` still runs the demo's operator, which
 # would reconcile the tests' policies too.
 test: build
-	testbed/testbed down
+	-testbed/testbed down
 	testbed/testbed up
 	status=0; \
 	  $(MAKE) lint && cargo test --all-targets -- --test-threads=4 || status=$$?; \
