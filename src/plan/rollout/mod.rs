@@ -527,6 +527,15 @@ fn classify(
         if now < deadline {
             return Class::Rolling { since, deadline };
         }
+        // Its controller has not even seen the change yet (a busy or stopped
+        // controller-manager): nothing of ours failed. It keeps its slot, and is
+        // judged once the controller has caught up; look again a deadline later.
+        if w.status.as_ref().is_some_and(|s| !s.observed()) {
+            return Class::Rolling {
+                since,
+                deadline: after_deadline(now),
+            };
+        }
         // Pods of the new template exist but not all pods are available: they did
         // not come up. Otherwise the new template never got that far.
         let reason = match &w.status {
