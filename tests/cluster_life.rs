@@ -335,6 +335,13 @@ fn ready_with(p: &TracingPolicy, up_to_date: i32) -> bool {
         && status_of(p).workloads.up_to_date == up_to_date
 }
 
+/// How long a policy may take to get where a test waits for it. Generous: under
+/// load, kube-controller-manager 1.37 fails a sync whose informer lags its own
+/// write ("read version ... is not as new as written version") and backs it
+/// off exponentially, so a controller can take a minute or more to observe a
+/// generation.
+const POLICY_WAIT: Duration = Duration::from_secs(180);
+
 /// Waits until the policy's status describes its generation and `cond` holds;
 /// on a timeout, fails with the last status seen.
 async fn wait_for_policy<F>(client: &Client, name: &str, what: &str, cond: F) -> TracingPolicy
@@ -356,8 +363,8 @@ where
             last = Some(p);
         }
         assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "timed out after 90 s waiting until TracingPolicy {name}: {what}; last status: {}",
+            start.elapsed() < POLICY_WAIT,
+            "timed out after {POLICY_WAIT:?} waiting until TracingPolicy {name}: {what}; last status: {}",
             last.as_ref()
                 .map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
                 .unwrap_or_default()
