@@ -72,6 +72,8 @@ struct Options {
     /// Scenario 5: Deployments and namespaces.
     big_workloads: usize,
     big_namespaces: usize,
+    /// Replicas of each of scenario 5's Deployments (0: rollouts replace no pod).
+    big_replicas: i32,
     /// Extra flags for `tracing-operator run`.
     operator_args: Vec<String>,
 }
@@ -88,6 +90,7 @@ impl Options {
             single_samples: 5,
             big_workloads: 10_000,
             big_namespaces: 500,
+            big_replicas: 1,
             operator_args: Vec::new(),
         };
         let mut it = args.iter();
@@ -119,11 +122,18 @@ impl Options {
                 "--single-samples" => o.single_samples = number(arg, value(arg)?)?,
                 "--big-workloads" => o.big_workloads = number(arg, value(arg)?)?,
                 "--big-namespaces" => o.big_namespaces = number(arg, value(arg)?)?,
+                "--big-replicas" => {
+                    let v = value(arg)?;
+                    o.big_replicas =
+                        v.parse::<i32>().ok().filter(|r| *r >= 0).with_context(|| {
+                            format!("--big-replicas: {v:?} is not a number >= 0")
+                        })?;
+                }
                 "--operator-arg" => o.operator_args.push(value(arg)?),
                 other => bail!(
                     "unknown argument {other:?}; known: --only 1,2,3,4,5 --workloads N --namespaces N \
                      --rollout-workloads N --max-concurrent N --single-samples N --big-workloads N \
-                     --big-namespaces N --operator-arg FLAG"
+                     --big-namespaces N --big-replicas N --operator-arg FLAG"
                 ),
             }
         }
@@ -980,7 +990,7 @@ async fn create_workloads(
     workloads: usize,
 ) -> Result<()> {
     create_namespaces(client, scenario, count).await?;
-    create_deployments(client, scenario, count, 0..workloads).await
+    create_deployments(client, scenario, count, 0..workloads, 1).await
 }
 
 fn bench_namespace(scenario: &str, i: usize) -> String {
@@ -1017,14 +1027,17 @@ async fn create_deployments(
     scenario: &str,
     count: usize,
     indices: std::ops::Range<usize>,
+    replicas: i32,
 ) -> Result<()> {
     stream::iter(indices)
         .map(|i| {
             let api: Api<Deployment> =
                 Api::namespaced(client.clone(), &bench_namespace(scenario, i % count));
             let name = format!("svc-{i:04}");
+            let mut d = deployment(&name, i, scenario);
+            d.spec.replicas = Some(replicas);
             async move {
-                api.create(&PostParams::default(), &deployment(&name, i, scenario))
+                api.create(&PostParams::default(), &d)
                     .await
                     .with_context(|| format!("creating Deployment {name}"))
             }

@@ -177,11 +177,11 @@ pub async fn scenario_big(client: &Client, o: &Options, summary: &mut Summary) -
     // A tenth first, to see how memory grows from 1,000 to 10,000.
     let t = Instant::now();
     create_namespaces(client, "big", o.big_namespaces).await?;
-    create_deployments(client, "big", o.big_namespaces, 0..first).await?;
+    create_deployments(client, "big", o.big_namespaces, 0..first, o.big_replicas).await?;
     wait_available(client, "big", first, Duration::from_secs(1800)).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let at_first = operator.memory()?;
-    create_deployments(client, "big", o.big_namespaces, first..n).await?;
+    create_deployments(client, "big", o.big_namespaces, first..n, o.big_replicas).await?;
     println!("  ({n} Deployments created in {})", secs(t.elapsed()));
     // The unrelated namespace: no policy selects it.
     let free = "bench-big-free";
