@@ -73,13 +73,7 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
-            let mut number = |name: &str| -> Result<usize> {
-                let v = it.next().with_context(|| format!("{name} needs a value"))?;
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{name}: {v:?} is not a positive number"))
-            };
+            let mut number = |name: &str| support::positive_option(name, it.next());
             match arg.as_str() {
                 "--bench" => {}
                 "--deployments" => o.deployments = number(arg)?,

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use serde_json::{Value, json};
 use tracing_operator::api::TracingPolicySpec;
 use tracing_operator::plan::collector::Tier;
@@ -69,13 +69,7 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
-            let mut number = |name: &str| -> Result<usize> {
-                let v = it.next().with_context(|| format!("{name} needs a value"))?;
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{name}: {v:?} is not a positive number"))
-            };
+            let mut number = |name: &str| support::positive_option(name, it.next());
             match arg.as_str() {
                 "--bench" => {}
                 "--traces" => o.traces = number(arg)?,
@@ -91,19 +85,12 @@ impl Options {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!(
-            "collector_tiers: skipped outside `cargo bench` (runs 6 collectors under load for a minute or more); see the doc comment of benches/collector_tiers.rs"
-        );
+    let Some(options) = support::bench_options(
+        "collector_tiers",
+        "(runs 6 collectors under load for a minute or more); see the doc comment of benches/collector_tiers.rs",
+        Options::parse,
+    ) else {
         return;
-    }
-    let options = match Options::parse(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("collector_tiers: {e:#}");
-            std::process::exit(2);
-        }
     };
     if let Err(e) = run(&options) {
         eprintln!("collector_tiers: {e:#}");

@@ -95,17 +95,7 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value"))
-            };
-            let number = |name: &str, v: String| -> Result<usize> {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{name}: {v:?} is not a positive number"))
-            };
+            let mut value = |name: &str| support::option_value(name, it.next());
             match arg.as_str() {
                 "--bench" => {}
                 "--only" => {
@@ -115,13 +105,15 @@ impl Options {
                         .collect::<Option<Vec<_>>>()
                         .context("--only: a comma-separated list of scenarios 1..5")?;
                 }
-                "--workloads" => o.workloads = number(arg, value(arg)?)?,
-                "--namespaces" => o.namespaces = number(arg, value(arg)?)?,
-                "--rollout-workloads" => o.rollout_workloads = number(arg, value(arg)?)?,
-                "--max-concurrent" => o.max_concurrent = number(arg, value(arg)?)?,
-                "--single-samples" => o.single_samples = number(arg, value(arg)?)?,
-                "--big-workloads" => o.big_workloads = number(arg, value(arg)?)?,
-                "--big-namespaces" => o.big_namespaces = number(arg, value(arg)?)?,
+                "--workloads" => o.workloads = support::positive_option(arg, it.next())?,
+                "--namespaces" => o.namespaces = support::positive_option(arg, it.next())?,
+                "--rollout-workloads" => {
+                    o.rollout_workloads = support::positive_option(arg, it.next())?
+                }
+                "--max-concurrent" => o.max_concurrent = support::positive_option(arg, it.next())?,
+                "--single-samples" => o.single_samples = support::positive_option(arg, it.next())?,
+                "--big-workloads" => o.big_workloads = support::positive_option(arg, it.next())?,
+                "--big-namespaces" => o.big_namespaces = support::positive_option(arg, it.next())?,
                 "--big-replicas" => {
                     let v = value(arg)?;
                     o.big_replicas =

@@ -341,28 +341,57 @@ pub fn counter_delta(
         .collect()
 }
 
-/// How a benchmark's `main` starts: nothing outside `cargo bench` (printing why,
-/// with `hint`), then its options (exit 2 when they are bad) and a 2-worker
-/// runtime (exit 1 when it cannot start).
+/// A benchmark's options: none outside `cargo bench` (printing `name: skipped
+/// outside \`cargo bench\` <reason>`), else what `parse` makes of the arguments
+/// (exit 2 when they are bad).
+pub fn bench_options<O>(
+    name: &str,
+    reason: &str,
+    parse: impl FnOnce(&[String]) -> anyhow::Result<O>,
+) -> Option<O> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("{name}: skipped outside `cargo bench` {reason}");
+        return None;
+    }
+    match parse(&args) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The value after a benchmark option `name`.
+pub fn option_value(name: &str, value: Option<&String>) -> anyhow::Result<String> {
+    value
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))
+}
+
+/// The value after a benchmark option `name`, a positive number.
+pub fn positive_option(name: &str, value: Option<&String>) -> anyhow::Result<usize> {
+    let v = option_value(name, value)?;
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| anyhow::anyhow!("{name}: {v:?} is not a positive number"))
+}
+
+/// How a benchmark's `main` starts: [`bench_options`] (a testbed cluster and
+/// minutes are why it is skipped, with `hint`), then a 2-worker runtime (exit 1
+/// when it cannot start).
 pub fn bench_start<O>(
     name: &str,
     hint: &str,
     parse: impl FnOnce(&[String]) -> anyhow::Result<O>,
 ) -> Option<(O, tokio::runtime::Runtime)> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!(
-            "{name}: skipped outside `cargo bench` (needs a testbed cluster and minutes); {hint}"
-        );
-        return None;
-    }
-    let options = match parse(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{name}: {e:#}");
-            std::process::exit(2);
-        }
-    };
+    let options = bench_options(
+        name,
+        &format!("(needs a testbed cluster and minutes); {hint}"),
+        parse,
+    )?;
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
