@@ -17,13 +17,8 @@ pub struct LocalBind<'a> {
 }
 
 /// `config_yaml` (as the operator generated it) with the OTLP receivers, the
-/// health check and the metrics bound to `bind`, and the `jaeger` backend's
-/// exporter sending to the local Jaeger's OTLP/gRPC port.
-pub fn local_config(
-    config_yaml: &str,
-    bind: &LocalBind<'_>,
-    jaeger_otlp_grpc: u16,
-) -> anyhow::Result<String> {
+/// health check and the metrics bound to `bind`, and nothing else changed.
+pub fn bound(config_yaml: &str, bind: &LocalBind<'_>) -> anyhow::Result<Value> {
     let host = bind.host;
     let mut c: Value = serde_saphyr::from_str(config_yaml)?;
     let protocols = &mut c["receivers"]["otlp"]["protocols"];
@@ -35,6 +30,17 @@ pub fn local_config(
     ensure!(prom.is_object(), "no Prometheus reader in {c}");
     prom["host"] = json!(host);
     prom["port"] = json!(bind.metrics);
+    Ok(c)
+}
+
+/// [`bound`], with the `jaeger` backend's exporter sending to the local
+/// Jaeger's OTLP/gRPC port.
+pub fn local_config(
+    config_yaml: &str,
+    bind: &LocalBind<'_>,
+    jaeger_otlp_grpc: u16,
+) -> anyhow::Result<String> {
+    let mut c = bound(config_yaml, bind)?;
     let exporter = &mut c["exporters"]["otlp_grpc/jaeger"];
     ensure!(exporter.is_object(), "no otlp_grpc/jaeger exporter in {c}");
     exporter["endpoint"] = json!(format!("http://127.0.0.1:{jaeger_otlp_grpc}"));

@@ -93,17 +93,16 @@ impl Ports {
 
 /// `config_yaml` (as generated) with only its listen addresses rewritten.
 pub fn bind(config_yaml: &str, p: &Ports) -> anyhow::Result<Value> {
-    let mut c: Value = serde_saphyr::from_str(config_yaml)?;
-    let a = p.address;
-    c["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] = json!(format!("{a}:{}", p.grpc));
-    c["receivers"]["otlp"]["protocols"]["http"]["endpoint"] = json!(format!("{a}:{}", p.http));
-    c["extensions"]["health_check"]["endpoint"] = json!(format!("{a}:{}", p.health));
-    let prom =
-        &mut c["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"];
-    ensure!(prom.is_object(), "no Prometheus reader in {c}");
-    prom["host"] = json!(a);
-    prom["port"] = json!(p.metrics);
-    Ok(c)
+    support::collector::bound(
+        config_yaml,
+        &support::collector::LocalBind {
+            host: p.address,
+            grpc: p.grpc,
+            http: p.http,
+            health: p.health,
+            metrics: p.metrics,
+        },
+    )
 }
 
 /// Points the one exporter of sampler config `c` at a local OTLP/HTTP sink on
