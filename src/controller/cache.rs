@@ -36,7 +36,8 @@ pub type Trigger = ObjectRef<GuardedPolicy>;
 /// What the watches have seen, and where changes go.
 pub struct Cache {
     workloads: RwLock<HashMap<WorkloadId, Arc<Workload>>>,
-    namespaces: RwLock<BTreeMap<String, NamespaceView>>,
+    /// Shared with the reconciles that read it; a change copies it first.
+    namespaces: RwLock<Arc<BTreeMap<String, NamespaceView>>>,
     /// Incremented whenever a namespace appears, goes or changes its labels.
     namespace_epoch: AtomicU64,
     /// How many watches have listed everything once.
@@ -202,7 +203,9 @@ impl Cache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn read_namespaces(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NamespaceView>> {
+    fn read_namespaces(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Arc<BTreeMap<String, NamespaceView>>> {
         self.namespaces
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -250,7 +253,12 @@ impl Cache {
                 .namespaces
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            all.insert(view.name.clone(), view.clone()).as_ref() != Some(&view)
+            if all.get(&view.name) == Some(&view) {
+                false
+            } else {
+                Arc::make_mut(&mut all).insert(view.name.clone(), view);
+                true
+            }
         };
         if changed {
             self.namespace_epoch.fetch_add(1, Ordering::Relaxed);
@@ -259,20 +267,21 @@ impl Cache {
     }
 
     fn remove_namespace(&self, name: &str) {
-        let removed = self
-            .namespaces
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(name)
-            .is_some();
+        let removed = {
+            let mut all = self
+                .namespaces
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.contains_key(name) && Arc::make_mut(&mut all).remove(name).is_some()
+        };
         if removed {
             self.namespace_epoch.fetch_add(1, Ordering::Relaxed);
             self.router.trigger_all();
         }
     }
 
-    /// The namespaces as planning sees them.
-    pub fn namespace_views(&self) -> BTreeMap<String, NamespaceView> {
+    /// The namespaces as planning sees them (shared, not copied).
+    pub fn namespace_views(&self) -> Arc<BTreeMap<String, NamespaceView>> {
         self.read_namespaces().clone()
     }
 

@@ -231,7 +231,7 @@ pub struct Planner<'a> {
     ownership: &'a precedence::Ownership<'a>,
     /// `None` while the policy is being deleted: its selector is not even
     /// compiled, so an invalid selector never blocks a deletion.
-    selection: Option<(selection::Selection, BTreeSet<&'a str>)>,
+    selection: Option<selection::Selection>,
     languages: agents::Languages,
 }
 
@@ -245,11 +245,7 @@ impl<'a> Planner<'a> {
             (None, agents::Languages::default())
         } else {
             let selection = selection::Selection::new(&policy.spec, snapshot.operator_namespace)?;
-            let namespaces = selection.selected_namespaces(snapshot.namespaces);
-            (
-                Some((selection, namespaces)),
-                agents::Languages::new(&policy.spec)?,
-            )
+            (Some(selection), agents::Languages::new(&policy.spec)?)
         };
         Ok(Planner {
             policy,
@@ -268,7 +264,8 @@ impl<'a> Planner<'a> {
     pub fn selected_namespaces(&self) -> Vec<String> {
         self.selection
             .iter()
-            .flat_map(|(_, ns)| ns.iter().map(|n| n.to_string()))
+            .flat_map(|s| s.selected_namespaces(self.snapshot.namespaces))
+            .map(str::to_string)
             .collect()
     }
 
@@ -292,10 +289,10 @@ impl<'a> Planner<'a> {
     pub fn decide(&self, w: &Workload) -> Option<WorkloadAction> {
         let carries_ours =
             w.annotations.get(crate::api::POLICY_ANNOTATION) == Some(&self.policy.name);
-        let Some((selection, selected)) = &self.selection else {
+        let Some(selection) = &self.selection else {
             return carries_ours.then_some(WorkloadAction::Remove);
         };
-        if selection.selects_workload(w, selected) {
+        if selection.selects(self.snapshot.namespaces.get(&*w.id.namespace), w) {
             Some(match self.ownership.beaten_by(self.policy, w) {
                 Some(winner) => WorkloadAction::Conflicted {
                     winner: winner.name.clone(),

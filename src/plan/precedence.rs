@@ -6,14 +6,15 @@
 //! (`created_unix`), then the name in lexicographic order; names are unique, so
 //! the order is total and every reconcile, of any policy, agrees on the owner.
 //!
-//! [`Ownership`] compiles every competitor's selector and namespace set once and
-//! keeps them strongest first, so finding a workload's owner walks the
-//! competitors only until the first one that selects it: building it is
-//! O(N log N + N x namespaces), a look-up is O(N) at worst and nothing is
-//! O(N x W) per workload.
+//! [`Ownership`] compiles every competitor's selector once and keeps them
+//! strongest first, so finding a workload's owner walks the competitors only
+//! until the first one that selects it: building it is O(N log N), a look-up is
+//! O(N log namespaces) at worst (each competitor matches the workload's own
+//! namespace only), and nothing is O(N x W) per workload or O(namespaces) per
+//! reconcile.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::selection::Selection;
 use super::{NamespaceView, PolicyView, Workload};
@@ -38,7 +39,6 @@ pub fn competes(policy: &PolicyView) -> bool {
 struct Competitor<'a> {
     policy: &'a PolicyView,
     selection: Selection,
-    namespaces: BTreeSet<&'a str>,
 }
 
 /// The competing policies of a snapshot, strongest first, ready for per-workload
@@ -47,6 +47,7 @@ struct Competitor<'a> {
 #[derive(Debug)]
 pub struct Ownership<'a> {
     competitors: Vec<Competitor<'a>>,
+    namespaces: &'a BTreeMap<String, NamespaceView>,
 }
 
 impl<'a> Ownership<'a> {
@@ -67,17 +68,20 @@ impl<'a> Ownership<'a> {
             .filter(|p| competes(p))
             .filter_map(|policy| {
                 let selection = Selection::new(&policy.spec, operator_namespace).ok()?;
-                let namespaces = selection.selected_namespaces(namespaces);
-                // A policy that selects no namespace can never own anything.
-                (!namespaces.is_empty()).then_some(Competitor {
-                    policy,
-                    selection,
-                    namespaces,
-                })
+                Some(Competitor { policy, selection })
             })
             .collect();
         competitors.sort_by(|a, b| precedence_cmp(a.policy, b.policy));
-        Ownership { competitors }
+        Ownership {
+            competitors,
+            namespaces,
+        }
+    }
+
+    fn selects(&self, competitor: &Competitor<'_>, workload: &Workload) -> bool {
+        competitor
+            .selection
+            .selects(self.namespaces.get(&*workload.id.namespace), workload)
     }
 
     /// The policy that owns `workload`: the strongest competitor that selects it.
@@ -95,7 +99,7 @@ impl<'a> Ownership<'a> {
         self.competitors
             .iter()
             .filter(|c| c.policy.name != policy_name)
-            .find(|c| c.selection.selects_workload(workload, &c.namespaces))
+            .find(|c| self.selects(c, workload))
             .map(|c| c.policy)
     }
 
@@ -108,7 +112,7 @@ impl<'a> Ownership<'a> {
             .iter()
             .take_while(|c| precedence_cmp(c.policy, policy) == Ordering::Less)
             .filter(|c| c.policy.name != policy.name)
-            .find(|c| c.selection.selects_workload(workload, &c.namespaces))
+            .find(|c| self.selects(c, workload))
             .map(|c| c.policy)
     }
 

@@ -157,8 +157,7 @@ impl Selection {
                 .is_none_or(|m| m.matches(&namespace.labels))
     }
 
-    /// The selected namespaces of `namespaces`, computed once per plan so that
-    /// workload selection is a set lookup.
+    /// The selected namespaces of `namespaces`.
     pub fn selected_namespaces<'n>(
         &self,
         namespaces: &'n BTreeMap<String, NamespaceView>,
@@ -170,24 +169,9 @@ impl Selection {
             .collect()
     }
 
-    /// The workload's kind is listed, its namespace is in `selected_namespaces`
-    /// (a namespace missing from the snapshot is not selected), and its own
-    /// `metadata.labels` match `selector.workloads` (absent: every workload).
-    pub fn selects_workload(
-        &self,
-        workload: &Workload,
-        selected_namespaces: &BTreeSet<&str>,
-    ) -> bool {
-        self.kinds.contains(&workload.id.kind)
-            && selected_namespaces.contains(&*workload.id.namespace)
-            && self
-                .workloads
-                .as_ref()
-                .is_none_or(|m| m.matches(&workload.labels))
-    }
-
-    /// [`Selection::selects_workload`] for one workload whose namespace is given
-    /// directly (`None`: not known, so not selected): what routing an event needs.
+    /// The workload's kind is listed, its namespace (given directly; `None`: not
+    /// known, so not selected) is selected, and its own `metadata.labels` match
+    /// `selector.workloads` (absent: every workload).
     pub fn selects(&self, namespace: Option<&NamespaceView>, workload: &Workload) -> bool {
         namespace.is_some_and(|ns| ns.name == *workload.id.namespace && self.selects_namespace(ns))
             && self.kinds.contains(&workload.id.kind)
@@ -475,14 +459,10 @@ mod tests {
         ];
         for (namespace, w, want) in cases {
             assert_eq!(selection.exclusion(Some(&namespace), &w), want, "{}", w.id);
-            let selected = BTreeSet::from([namespace.name.as_str()])
-                .into_iter()
-                .filter(|_| selection.selects_namespace(&namespace))
-                .collect();
             // Only the container term is the explanation's own: the others are
             // exactly what leaves a workload unselected.
             assert_eq!(
-                selection.selects_workload(&w, &selected),
+                selection.selects(Some(&namespace), &w),
                 matches!(want, None | Some(Exclusion::Containers)),
                 "{}",
                 w.id
