@@ -95,6 +95,10 @@ struct PolicyState {
     /// When this policy's status was last written: a change that is only
     /// progress waits until [`reconcile::PROGRESS_INTERVAL`] has passed.
     status_written: Option<Instant>,
+    /// What the last reconcile saw, when it wrote nothing and left nothing
+    /// pending: while none of it moves, a workload change that moves no entry
+    /// of the index ends the reconcile there (see `reconcile::Settled`).
+    settled: Option<reconcile::Settled>,
 }
 
 /// Everything a reconcile needs.
@@ -111,6 +115,9 @@ pub struct Context {
     states: Mutex<HashMap<String, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// The policies' fingerprint the last reconcile saw; a change re-plans every policy.
     policies_seen: AtomicU64,
+    /// Counts the changes of collector objects (any policy's): a reconcile
+    /// reads their status, so a change ends every policy's settled state.
+    collector_changes: Arc<AtomicU64>,
     /// Failed reconciles in a row, per policy, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// The generation of each unreadable policy whose InvalidSpec Event was published.
@@ -220,6 +227,7 @@ pub async fn run(
         collector_losses: Default::default(),
         states: Mutex::default(),
         policies_seen: AtomicU64::new(0),
+        collector_changes: Arc::default(),
         failures: Mutex::default(),
         invalid_reported: Mutex::default(),
     });
@@ -234,7 +242,11 @@ pub async fn run(
         }
     });
 
-    let collector_triggers = collector_events.map(|policy| ObjectRef::new(&policy));
+    let changes = ctx.collector_changes.clone();
+    let collector_triggers = collector_events.map(move |policy| {
+        changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ObjectRef::new(&policy)
+    });
     let routed = futures::stream::unfold(triggers, |mut rx| async move {
         rx.recv().await.map(|t| (t, rx))
     });

@@ -181,6 +181,16 @@ pub(super) async fn reconcile_policy(
     // ---- 2. plan
     let state = ctx.state(&name);
     let mut state = state.lock().await;
+    let writes_before = ctx.metrics.api_writes_total();
+    let seen = Seen {
+        resource_version: policy.metadata.resource_version.clone(),
+        basis: basis.clone(),
+        collector_changes: ctx.collector_changes.load(Ordering::Relaxed),
+    };
+    let settled = state
+        .settled
+        .take()
+        .filter(|s| s.seen == seen && Instant::now() < s.due);
     let dirty = ctx.cache.take_dirty(&name);
     let changed: Vec<(WorkloadId, Option<Arc<crate::workload::Workload>>)> = dirty
         .into_iter()
@@ -189,13 +199,29 @@ pub(super) async fn reconcile_policy(
             (id, live)
         })
         .collect();
+    let mut retry = false;
     for (id, _) in &changed {
-        state.rejected.remove(id);
+        // A refused workload that changed is tried again.
+        retry |= state.rejected.remove(id).is_some();
     }
     let updated = state
         .index
         .update(&planner, basis, changed, || ctx.cache.workloads());
-    tracing::debug!(policy = %name, full = updated.full, planned = updated.planned, "planned");
+    tracing::debug!(policy = %name, full = updated.full, planned = updated.planned, moved = updated.moved, "planned");
+    if let Some(settled) = settled
+        && !updated.full
+        && updated.moved == 0
+        && !retry
+    {
+        // Nothing the last reconcile read has moved, so what it did (no write)
+        // and what it wrote to status stand; its requeue is kept.
+        let due = settled.due;
+        state.settled = Some(settled);
+        ctx.metrics.set_watched_workloads(ctx.cache.len());
+        return Ok(Action::requeue(
+            due.saturating_duration_since(Instant::now()),
+        ));
+    }
 
     let selected_namespaces = planner.selected_namespaces();
     let mut problems = Vec::new();
@@ -315,7 +341,6 @@ pub(super) async fn reconcile_policy(
     let report = report::policy_report(&new_status, &problems, rollout.as_ref(), replicas);
     ctx.metrics.set_policy(&name, &report);
     ctx.metrics.set_watched_workloads(ctx.cache.len());
-    drop(state);
 
     if let Some(message) = applied.transient_failure {
         return Err(Error::Writes {
@@ -347,9 +372,39 @@ pub(super) async fn reconcile_policy(
     if !collector_secrets(policy).is_empty() {
         next = next.min(SECRETS_POLL);
     }
-    Ok(Action::requeue(
-        collectors.requeue_after().map_or(next, |r| r.min(next)),
-    ))
+    let next = collectors.requeue_after().map_or(next, |r| r.min(next));
+    // Settled: nothing was written (by any reconcile meanwhile, to be safe), no
+    // write or status is pending.
+    let quiet =
+        ctx.metrics.api_writes_total() == writes_before && !applied.more && progress_due.is_none();
+    state.settled = quiet.then(|| Settled {
+        seen,
+        due: Instant::now() + next,
+    });
+    Ok(Action::requeue(next))
+}
+
+/// What a reconcile reads besides the workloads and the clock.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Seen {
+    /// The policy object's (spec, metadata and status alike).
+    resource_version: Option<String>,
+    /// Its spec's generation, every policy's precedence, namespace labels.
+    basis: Basis,
+    /// [`super::Context::collector_changes`].
+    collector_changes: u64,
+}
+
+/// A reconcile that wrote nothing and left nothing pending, and when it asked
+/// to come back (the nearest deadline, poll or resync). Until then, while what
+/// it [`Seen`] is unchanged, a reconcile whose changed workloads move no entry
+/// of the index (a label no selector reads, say) would do what it did: nothing.
+/// So it ends once those workloads are re-planned, at a cost that does not grow
+/// with the policy's size.
+#[derive(Clone, Debug)]
+pub(super) struct Settled {
+    seen: Seen,
+    due: Instant,
 }
 
 fn collector_secrets(policy: &TracingPolicy) -> Vec<crate::plan::collector::ReferencedSecret> {

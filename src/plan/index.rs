@@ -54,6 +54,29 @@ pub struct Entry {
     pub decision: Indexed,
 }
 
+impl Entry {
+    /// Whether a reconcile would do the same with `after` as with `before`:
+    /// the same decision, on a workload that differs at most in its labels and
+    /// so in nothing the rollout, the writes or status read (labels feed the
+    /// plan only, and the plan is in the decision: its hash, overrides, agent).
+    pub fn same_for_rollout(before: Option<&Entry>, after: Option<&Entry>) -> bool {
+        match (before, after) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.decision == b.decision
+                    && (Arc::ptr_eq(&a.workload, &b.workload) || {
+                        let (a, b) = (&*a.workload, &*b.workload);
+                        a.id == b.id
+                            && a.annotations == b.annotations
+                            && a.template == b.template
+                            && a.rollout == b.rollout
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The index of one policy.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyIndex {
@@ -68,6 +91,11 @@ pub struct Updated {
     pub full: bool,
     /// Workloads planned in this update.
     pub planned: usize,
+    /// Of those (in an incremental update), how many now differ from their
+    /// previous entry in anything the rollout and status read: the decision, the
+    /// operator's annotations, the template, the rollout state. A label change
+    /// that leaves the decision as it was is not one.
+    pub moved: usize,
 }
 
 impl PolicyIndex {
@@ -96,19 +124,25 @@ impl PolicyIndex {
             return Updated {
                 full: true,
                 planned,
+                moved: planned,
             };
         }
         let mut planned = 0;
+        let mut moved = 0;
         for (id, live) in changed {
             planned += 1;
-            self.entries.remove(&id);
+            let before = self.entries.remove(&id);
             if let Some(w) = live {
                 self.plan_one(planner, basis.injection, w);
+            }
+            if !Entry::same_for_rollout(before.as_ref(), self.entries.get(&id)) {
+                moved += 1;
             }
         }
         Updated {
             full: false,
             planned,
+            moved,
         }
     }
 

@@ -1569,3 +1569,64 @@ fn config_hash_is_stable_and_covers_policy_and_values() {
 
 const PINNED_SMALL_HASH: &str = "84727333f39437fc";
 const PINNED_EMPTY_HASH: &str = "5aabf8ecf4d341e2";
+
+/// The index tells a change the rollout must act on from one it need not: a
+/// label no selector reads leaves every decision as it was, while a label that
+/// deselects, a rollout status and a template change each move the entry.
+#[test]
+fn the_index_counts_only_changes_the_rollout_reads() {
+    use super::index::{Basis, PolicyIndex};
+    let p = caas_production();
+    let namespaces = caas_namespaces();
+    let policies = [p.clone()];
+    let snapshot = Snapshot {
+        operator_namespace: OPERATOR_NS,
+        namespaces: &namespaces,
+        workloads: &[],
+        policies: &policies,
+        injection: Injection::Admission,
+    };
+    let ownership = precedence::Ownership::new(&policies, &namespaces, OPERATOR_NS);
+    let planner = Planner::new(&p, &snapshot, &ownership).unwrap();
+    let basis = Basis {
+        generation: 1,
+        injection: Injection::Admission,
+        ..Basis::default()
+    };
+    let mut index = PolicyIndex::default();
+    let all = vec![Arc::new(gateway()), Arc::new(auth())];
+    let first = index.update(&planner, basis.clone(), Vec::new(), || all.clone());
+    assert!(first.full);
+    assert_eq!(index.len(), 2);
+
+    let mut update = |w: Workload| {
+        let id = w.id.clone();
+        index.update(&planner, basis.clone(), [(id, Some(Arc::new(w)))], Vec::new)
+    };
+    let mut ticked = gateway();
+    ticked.labels.insert("bench/tick".into(), "1".into());
+    let same = update(ticked);
+    assert_eq!((same.full, same.planned, same.moved), (false, 1, 0));
+
+    let mut scaled = gateway();
+    scaled.rollout.desired = 3;
+    assert_eq!(update(scaled).moved, 1, "a rollout status change moves");
+
+    let mut bumped = gateway();
+    bumped.template.containers[0].image = Some("registry.caas.io:5000/caas/gateway:2.5.0".into());
+    assert_eq!(update(bumped).moved, 1, "an image change moves");
+
+    let mut deselected = gateway();
+    deselected
+        .labels
+        .insert("app.kubernetes.io/part-of".into(), "other".into());
+    assert_eq!(update(deselected).moved, 1, "leaving the selection moves");
+
+    // Gone, then a workload the policy never selected: only the first moves.
+    let gone = index.update(&planner, basis.clone(), [(auth().id, None)], Vec::new);
+    assert_eq!(gone.moved, 1);
+    let unrelated = legacy();
+    let id = unrelated.id.clone();
+    let untouched = index.update(&planner, basis, [(id, Some(Arc::new(unrelated)))], Vec::new);
+    assert_eq!(untouched.moved, 0);
+}
