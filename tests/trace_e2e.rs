@@ -154,7 +154,7 @@ fn planned_env(spec: &TracingPolicySpec, w: &Workload) -> Vec<EnvVar> {
     let workload = tracing_operator::workload::Workload {
         id: WorkloadId::new(w.namespace, WorkloadKind::Deployment, w.service),
         labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
+        annotations: Default::default(),
         template: tracing_operator::workload::Template {
             containers: vec![container.clone()],
             ..Default::default()

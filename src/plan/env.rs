@@ -40,6 +40,7 @@
 //!   not own) is not set and is reported. When the user sets
 //!   `OTEL_RESOURCE_ATTRIBUTES`, the helpers (which only serve it) are left out too.
 
+use crate::workload::SmallMap;
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
@@ -119,13 +120,13 @@ pub struct VersionPlan {
 
 /// The first non-empty value of `key` in the pod template's map, then the workload's.
 fn template_then_workload<'w>(
-    template: &'w BTreeMap<String, String>,
+    template: &'w SmallMap,
     workload: &'w BTreeMap<String, String>,
     key: &str,
 ) -> Option<&'w str> {
-    [template, workload]
+    [template.get(key), workload.get(key)]
         .into_iter()
-        .filter_map(|m| m.get(key))
+        .flatten()
         .map(String::as_str)
         .find(|v| !v.is_empty())
 }
@@ -133,14 +134,14 @@ fn template_then_workload<'w>(
 /// `service.name`: annotation `resource.opentelemetry.io/service.name` > label
 /// `app.kubernetes.io/name` (pod template first, then the workload) > workload name.
 pub fn service_name(workload: &Workload) -> String {
-    template_then_workload(
-        &workload.template.annotations,
-        &workload.annotations,
-        SERVICE_NAME_ANNOTATION,
-    )
-    .or_else(|| template_then_workload(&workload.template.labels, &workload.labels, NAME_LABEL))
-    .unwrap_or(&workload.id.name)
-    .to_string()
+    [&workload.template.annotations, &workload.annotations]
+        .into_iter()
+        .filter_map(|m| m.get(SERVICE_NAME_ANNOTATION))
+        .map(String::as_str)
+        .find(|v| !v.is_empty())
+        .or_else(|| template_then_workload(&workload.template.labels, &workload.labels, NAME_LABEL))
+        .unwrap_or(&workload.id.name)
+        .to_string()
 }
 
 /// The version of one container in the pod the template makes, as far as the
@@ -312,10 +313,9 @@ pub fn plan_workload<'c>(
     let fill = |key: &str| extra.get(key).filter(|v| !v.is_empty()).cloned();
     let containers: Vec<&Container> = containers.into_iter().collect();
 
-    let non_empty =
-        |m: &BTreeMap<String, String>| m.get(VERSION_LABEL).filter(|v| !v.is_empty()).cloned();
-    let pod_label = non_empty(&workload.template.labels).is_some();
-    let workload_label = non_empty(&workload.labels).filter(|_| !pod_label);
+    let non_empty = |v: Option<&String>| v.filter(|v| !v.is_empty()).cloned();
+    let pod_label = non_empty(workload.template.labels.get(VERSION_LABEL)).is_some();
+    let workload_label = non_empty(workload.labels.get(VERSION_LABEL)).filter(|_| !pod_label);
     let image_tags = (injection == Injection::PodTemplate
         && spec.service.version_from_image_tag
         && !pod_label

@@ -756,14 +756,14 @@ fn container_version(
 }
 
 fn service_name_source(w: &Workload) -> String {
-    let set = |m: &BTreeMap<String, String>, k: &str| m.get(k).is_some_and(|v| !v.is_empty());
-    if set(&w.template.annotations, SERVICE_NAME_ANNOTATION) {
+    let set = |v: Option<&String>| v.is_some_and(|v| !v.is_empty());
+    if set(w.template.annotations.get(SERVICE_NAME_ANNOTATION)) {
         format!("annotation {SERVICE_NAME_ANNOTATION} on the pod template")
-    } else if set(&w.annotations, SERVICE_NAME_ANNOTATION) {
+    } else if set(w.annotations.get(SERVICE_NAME_ANNOTATION)) {
         format!("annotation {SERVICE_NAME_ANNOTATION} on the workload")
-    } else if set(&w.template.labels, NAME_LABEL) {
+    } else if set(w.template.labels.get(NAME_LABEL)) {
         format!("label {NAME_LABEL} on the pod template")
-    } else if set(&w.labels, NAME_LABEL) {
+    } else if set(w.labels.get(NAME_LABEL)) {
         format!("label {NAME_LABEL} on the workload")
     } else {
         "the workload's name (no annotation or label names the service)".into()

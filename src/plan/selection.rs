@@ -408,7 +408,7 @@ mod tests {
         let workload = |ns: &str, kind, tier: &str, container: &str| Workload {
             id: WorkloadId::new(ns, kind, "w"),
             labels: labels(&[("tier", tier)]),
-            annotations: BTreeMap::new(),
+            annotations: Default::default(),
             template: crate::workload::Template {
                 containers: vec![Container {
                     name: container.into(),

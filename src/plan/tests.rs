@@ -129,9 +129,9 @@ fn workload(ns: &str, kind: WorkloadKind, name: &str, containers: Vec<Container>
     Workload {
         id: WorkloadId::new(ns, kind, name),
         labels: map(&[("app.kubernetes.io/part-of", "caas")]),
-        annotations: BTreeMap::new(),
+        annotations: Default::default(),
         template: Template {
-            labels: map(&[("app.kubernetes.io/name", name)]),
+            labels: map(&[("app.kubernetes.io/name", name)]).into(),
             containers,
             ..Template::default()
         },

@@ -36,7 +36,10 @@ use crate::plan::injection::AGENT_ENV_PREFIX;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+mod small_map;
 pub mod statefulset;
+
+pub use small_map::SmallMap;
 
 /// Label on objects the operator creates itself (collectors); they are never instrumented.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -199,7 +202,7 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// The annotations of `metadata.annotations` the operator reads (see
     /// [`reads_annotation`]); every other one is dropped while deserializing.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: SmallMap,
     pub template: Template,
     pub rollout: RolloutState,
 }
@@ -208,9 +211,10 @@ pub struct Workload {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Template {
     /// Only `app.kubernetes.io/name` and `app.kubernetes.io/version`.
-    pub labels: BTreeMap<String, String>,
-    /// The annotations the operator reads (see [`reads_annotation`]).
-    pub annotations: BTreeMap<String, String>,
+    pub labels: SmallMap,
+    /// The annotations the operator reads (see [`reads_annotation`]), except its
+    /// own: those it compares through `ours` only.
+    pub annotations: SmallMap,
     /// A digest of the operator's own template annotations (`tracing.caas.io/*`,
     /// `env.tracing.caas.io/*`), 0 when there are none: admission injection
     /// compares it with the plan's without keeping every value.
@@ -470,7 +474,15 @@ fn project<K: Kind>(wire: Wire<K>) -> Workload {
             .collect();
         Template {
             labels: t.metadata.labels.0.clone(),
-            annotations: t.metadata.annotations.kept.clone(),
+            // The operator's own values are read only through `ours`.
+            annotations: t
+                .metadata
+                .annotations
+                .kept
+                .iter()
+                .filter(|(k, _)| !is_operator_template_annotation(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             ours: t.metadata.annotations.ours,
             containers,
         }
@@ -515,7 +527,7 @@ pub fn annotations_digest<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)
 /// `metadata.annotations`, reduced while deserializing to the keys the operator reads.
 #[derive(Default)]
 struct ReadAnnotations {
-    kept: BTreeMap<String, String>,
+    kept: SmallMap,
     /// [`annotations_digest`] of the operator's own keys.
     ours: u64,
 }
@@ -532,7 +544,7 @@ impl<'de> Deserialize<'de> for ReadAnnotations {
                 Ok(ReadAnnotations::default())
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut kept = BTreeMap::new();
+                let mut kept = SmallMap::new();
                 let mut ours: Vec<(String, String)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     let theirs = !is_operator_template_annotation(&key);
@@ -562,7 +574,7 @@ impl<'de> Deserialize<'de> for ReadAnnotations {
 
 /// Pod-template labels, reduced to the two planning reads.
 #[derive(Default)]
-struct TemplateLabels(BTreeMap<String, String>);
+struct TemplateLabels(SmallMap);
 
 impl<'de> Deserialize<'de> for TemplateLabels {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -53,7 +53,7 @@ fn workload(kind: WorkloadKind, containers: Vec<Container>) -> Workload {
     Workload {
         id: WorkloadId::new("caas", kind, "auth"),
         labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
+        annotations: Default::default(),
         template: Template {
             containers,
             ..Template::default()

@@ -173,7 +173,7 @@ impl SimWorkload {
         Workload {
             id: self.id.clone(),
             labels: BTreeMap::new(),
-            annotations: self.annotations.clone(),
+            annotations: self.annotations.clone().into(),
             template: Template::default(),
             rollout: self.status.clone(),
         }
