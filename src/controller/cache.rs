@@ -219,16 +219,24 @@ impl Cache {
     }
 
     fn upsert(&self, w: Workload) {
-        let new = Arc::new(w);
-        let old = self
-            .workloads
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(new.id.clone(), new.clone());
-        if old.as_deref() != Some(&*new) {
-            self.router
-                .route(&new.id, old.as_deref(), Some(&new), &self.read_namespaces());
-        }
+        let (new, old) = {
+            let mut all = self
+                .workloads
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if all.get(&w.id).is_some_and(|old| **old == w) {
+                // The same as cached (the watch's echo of the operator's own write,
+                // a status change planning does not read): the cached copy stays,
+                // so the policies' indexes keep sharing it rather than holding
+                // one copy each of an equal workload.
+                return;
+            }
+            let new = Arc::new(w);
+            let old = all.insert(new.id.clone(), new.clone());
+            (new, old)
+        };
+        self.router
+            .route(&new.id, old.as_deref(), Some(&new), &self.read_namespaces());
     }
 
     fn remove(&self, id: &WorkloadId) {
