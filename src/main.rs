@@ -20,6 +20,10 @@ use tracing_operator::controller::{self, Settings};
 use tracing_operator::plan;
 use tracing_operator::runtime::{leader, metrics::Metrics, server, telemetry};
 
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tracing-operator",
