@@ -4,7 +4,9 @@
 //!    since the last reconcile (all of them when the basis changed);
 //! 2. **plan** (pure, `crate::plan`): decisions per workload, kept in the
 //!    policy's index; the collectors (with the Secrets they read); the rollout
-//!    step of every workload;
+//!    step of every workload. When the last reconcile settled ([`Settled`]) and
+//!    the changed workloads moved no entry of the index, the reconcile ends
+//!    here: nothing it would do differs from what the last one did;
 //! 3. **apply**: the writes the steps call for, through the one rate-limited
 //!    writer, at most [`WRITE_BUDGET`] of them per reconcile (the rest follow
 //!    at once in the next one, so status shows progress while a large rollout runs);
