@@ -153,7 +153,7 @@ fn planned_env(spec: &TracingPolicySpec, w: &Workload) -> Vec<EnvVar> {
     };
     let workload = tracing_operator::workload::Workload {
         id: WorkloadId::new(w.namespace, WorkloadKind::Deployment, w.service),
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         annotations: Default::default(),
         template: tracing_operator::workload::Template {
             containers: vec![container.clone()],

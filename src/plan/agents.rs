@@ -511,7 +511,11 @@ impl Languages {
     /// The workload's language and where it came from; `Err` when an annotation
     /// asks for something there is no agent for.
     pub fn language_of(&self, w: &Workload) -> Option<Result<(Language, Source), Skip>> {
-        if let Some((language, _)) = self.selectors.iter().find(|(_, m)| m.matches(&w.labels)) {
+        if let Some((language, _)) = self
+            .selectors
+            .iter()
+            .find(|(_, m)| m.matches_small(&w.labels))
+        {
             return Some(Ok((*language, Source::PolicySelector)));
         }
         let annotation = |key: &str| {

@@ -121,7 +121,7 @@ pub struct VersionPlan {
 /// The first non-empty value of `key` in the pod template's map, then the workload's.
 fn template_then_workload<'w>(
     template: &'w SmallMap,
-    workload: &'w BTreeMap<String, String>,
+    workload: &'w SmallMap,
     key: &str,
 ) -> Option<&'w str> {
     [template.get(key), workload.get(key)]

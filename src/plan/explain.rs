@@ -609,15 +609,17 @@ pub fn selector_text(selector: &LabelSelector) -> String {
     }
 }
 
-fn labels_text(labels: &BTreeMap<String, String>) -> String {
-    if labels.is_empty() {
+fn labels_text<'a, K: AsRef<str> + 'a>(
+    labels: impl IntoIterator<Item = (K, &'a String)>,
+) -> String {
+    let text: Vec<String> = labels
+        .into_iter()
+        .map(|(k, v)| format!("{}={v}", k.as_ref()))
+        .collect();
+    if text.is_empty() {
         return "none".into();
     }
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    text.join(", ")
 }
 
 fn excluded(x: Exclusion, p: &PolicyView, input: &Input<'_>) -> Excluded {

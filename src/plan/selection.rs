@@ -16,11 +16,17 @@ use crate::api::{
     ALWAYS_EXCLUDED_NAMESPACES, KNOWN_PROXY_CONTAINERS, PolicySelector, TracingPolicySpec,
     WorkloadKind,
 };
+use crate::workload::SmallMap;
 
 /// A validated `metav1.LabelSelector`, matched by kube's [`Selector`]. The empty
 /// selector matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelMatcher(Selector);
+pub struct LabelMatcher {
+    selector: Selector,
+    /// The keys the selector reads: a workload's labels are matched through a
+    /// map of only these, since the cache keeps them in a [`SmallMap`].
+    keys: Vec<String>,
+}
 
 impl LabelMatcher {
     /// Validates `selector` the way the API server validates one on a built-in
@@ -63,14 +69,39 @@ impl LabelMatcher {
                 }
             }
         }
+        let mut keys: Vec<String> = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .chain(
+                selector
+                    .match_expressions
+                    .iter()
+                    .flatten()
+                    .map(|e| e.key.clone()),
+            )
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
         Selector::try_from(selector.clone())
-            .map(LabelMatcher)
+            .map(|selector| LabelMatcher { selector, keys })
             .map_err(|e| invalid(e.to_string()))
     }
 
     /// All requirements hold (logical AND, as in Kubernetes).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.matches(labels)
+        self.selector.matches(labels)
+    }
+
+    /// [`Self::matches`] on a workload's labels.
+    pub fn matches_small(&self, labels: &SmallMap) -> bool {
+        let read: BTreeMap<String, String> = self
+            .keys
+            .iter()
+            .filter_map(|k| labels.get(k.as_str()).map(|v| (k.clone(), v.clone())))
+            .collect();
+        self.selector.matches(&read)
     }
 }
 
@@ -178,7 +209,7 @@ impl Selection {
             && self
                 .workloads
                 .as_ref()
-                .is_none_or(|m| m.matches(&workload.labels))
+                .is_none_or(|m| m.matches_small(&workload.labels))
     }
 
     /// The first term of the selector that leaves `workload` out, in the order
@@ -212,7 +243,7 @@ impl Selection {
         if self
             .workloads
             .as_ref()
-            .is_some_and(|m| !m.matches(&workload.labels))
+            .is_some_and(|m| !m.matches_small(&workload.labels))
         {
             return Some(Exclusion::WorkloadLabels);
         }
@@ -330,6 +361,19 @@ mod tests {
         ];
         for (i, (l, want)) in cases.iter().enumerate() {
             assert_eq!(m.matches(&labels(l)), *want, "case {i}: {l:?}");
+            // A workload's labels (a SmallMap) carry keys the selector never
+            // reads; they must not change the answer.
+            let small: SmallMap = l
+                .iter()
+                .copied()
+                .chain([("pod-template-hash", "x"), ("zzz", "1")])
+                .map(|(k, v)| (k, v.to_string()))
+                .collect();
+            assert_eq!(
+                m.matches_small(&small),
+                *want,
+                "case {i} as SmallMap: {l:?}"
+            );
         }
         assert!(
             LabelMatcher::compile("namespaces", &LabelSelector::default())
@@ -407,7 +451,7 @@ mod tests {
         };
         let workload = |ns: &str, kind, tier: &str, container: &str| Workload {
             id: WorkloadId::new(ns, kind, "w"),
-            labels: labels(&[("tier", tier)]),
+            labels: labels(&[("tier", tier)]).into(),
             annotations: Default::default(),
             template: crate::workload::Template {
                 containers: vec![Container {

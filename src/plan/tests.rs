@@ -128,7 +128,7 @@ fn operator_env(c: &mut Container, e: &EnvVar) {
 fn workload(ns: &str, kind: WorkloadKind, name: &str, containers: Vec<Container>) -> Workload {
     Workload {
         id: WorkloadId::new(ns, kind, name),
-        labels: map(&[("app.kubernetes.io/part-of", "caas")]),
+        labels: map(&[("app.kubernetes.io/part-of", "caas")]).into(),
         annotations: Default::default(),
         template: Template {
             labels: map(&[("app.kubernetes.io/name", name)]).into(),

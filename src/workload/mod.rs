@@ -199,7 +199,7 @@ impl fmt::Display for WorkloadId {
 pub struct Workload {
     pub id: WorkloadId,
     /// `metadata.labels`: what `selector.workloads` matches.
-    pub labels: BTreeMap<String, String>,
+    pub labels: SmallMap,
     /// The annotations of `metadata.annotations` the operator reads (see
     /// [`reads_annotation`]); every other one is dropped while deserializing.
     pub annotations: SmallMap,
@@ -421,7 +421,7 @@ struct MetaWire {
     #[serde(default)]
     resource_version: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: SmallMap,
     #[serde(default)]
     annotations: ReadAnnotations,
     #[serde(default)]
@@ -481,7 +481,7 @@ fn project<K: Kind>(wire: Wire<K>) -> Workload {
                 .kept
                 .iter()
                 .filter(|(k, _)| !is_operator_template_annotation(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k, v.clone()))
                 .collect(),
             ours: t.metadata.annotations.ours,
             containers,

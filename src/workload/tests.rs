@@ -84,7 +84,7 @@ fn a_deployment_projects_to_what_planning_reads() {
         Some("caas")
     );
     // Only the annotations the operator reads; kubectl's copy of the manifest is gone.
-    let keys: Vec<&str> = w.annotations.keys().map(String::as_str).collect();
+    let keys: Vec<&str> = w.annotations.keys().collect();
     assert_eq!(
         keys,
         [

@@ -52,7 +52,7 @@ fn container(name: &str, image: &str) -> Container {
 fn workload(kind: WorkloadKind, containers: Vec<Container>) -> Workload {
     Workload {
         id: WorkloadId::new("caas", kind, "auth"),
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         annotations: Default::default(),
         template: Template {
             containers,

@@ -172,7 +172,7 @@ impl SimWorkload {
     fn view(&self) -> Workload {
         Workload {
             id: self.id.clone(),
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             annotations: self.annotations.clone().into(),
             template: Template::default(),
             rollout: self.status.clone(),
