@@ -11,6 +11,11 @@
 //! - `agents`: the same with the Node.js agent (`spec.instrumentation`): each pod
 //!   also gets the agent's volume, init container, mount and `NODE_OPTIONS`.
 //!
+//! The traced phase also measures a floor: the operator's binding is swapped
+//! for a minimal MutatingAdmissionPolicy with the same match condition that adds
+//! one variable with one JSON patch. What any mutating policy costs on this API
+//! server, so the operator's own share can be told from the machine's.
+//!
 //! The figures are the API server's own, as deltas over each phase's pod
 //! creations: the MutatingAdmissionPolicy's metrics
 //! (`apiserver_mutating_admission_policy_check_*`), its admission plugin's and
@@ -141,6 +146,8 @@ struct Figures {
     policy: Histogram,
     policy_errors: f64,
     serial: Option<Serial>,
+    /// The same one-at-a-time creates under [`FLOOR_POLICY`] instead of the operator's.
+    floor: Option<Serial>,
 }
 
 /// One at a time, before the phase's burst, with nothing else going on: the
@@ -150,6 +157,11 @@ struct Figures {
 /// The field managers naming [`Serial`]'s two kinds of create.
 const SERIAL_PLANNED: &str = "bench-serial-planned";
 const SERIAL_PLAIN: &str = "bench-serial-plain";
+
+/// The floor: a policy and binding of this name, matching pods as the operator's
+/// does and adding [`FLOOR_VARIABLE`] to their first container.
+const FLOOR_POLICY: &str = "bench-floor.tracing.caas.io";
+const FLOOR_VARIABLE: &str = "BENCH_FLOOR";
 
 struct Serial {
     /// Seconds per CREATE, sorted; `planned` carries the plan, `plain` does not.
@@ -419,7 +431,12 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
     // Before the burst, while the phase's Deployments are at 0 replicas: a
     // quiet cluster, as most pod creations meet it.
     let serial = if phase.traced() {
-        Some(serial_creates(client, &ns, &names[0], phase, o.serial).await?)
+        Some(serial_creates(client, &ns, &names[0], phase, o.serial, ADMISSION_POLICY).await?)
+    } else {
+        None
+    };
+    let floor = if phase == Phase::Traced {
+        Some(floor_serial(client, &ns, &names[0], o.serial).await?)
     } else {
         None
     };
@@ -538,6 +555,7 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
             &[("policy", ADMISSION_POLICY), ("error_type", "no_error")],
         ),
         serial,
+        floor,
     };
 
     // Tear down before the next phase opens its window.
@@ -569,6 +587,7 @@ async fn serial_creates(
     deployment: &str,
     phase: Phase,
     creates: usize,
+    policy: &str,
 ) -> Result<Serial> {
     let template = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(deployment)
@@ -611,13 +630,18 @@ async fn serial_creates(
         create(&plain, &without_plan).await?;
         let (_, admitted) = create(&planned, &with_plan).await?;
         let spec = admitted.spec.unwrap_or_default();
+        let variable = if policy == FLOOR_POLICY {
+            FLOOR_VARIABLE
+        } else {
+            "OTEL_SERVICE_NAME"
+        };
         ensure!(
             spec.containers
                 .iter()
                 .flat_map(|c| c.env.iter().flatten())
-                .any(|e| e.name == "OTEL_SERVICE_NAME")
+                .any(|e| e.name == variable)
                 && (phase != Phase::Agents || spec.init_containers.is_some_and(|i| !i.is_empty())),
-            "a dry-run pod with the plan was not injected"
+            "a dry-run pod with the plan was not injected by {policy}"
         );
     }
     let before = scrape()?;
@@ -639,7 +663,7 @@ async fn serial_creates(
         }
     }
     let after = scrape()?;
-    let labels = [("policy", ADMISSION_POLICY)];
+    let labels = [("policy", policy)];
     let name = "apiserver_mutating_admission_policy_check_duration_seconds";
     // The API server's own time where the testbed keeps an audit log (given a
     // moment to reach the file); else
@@ -663,6 +687,104 @@ async fn serial_creates(
         policy: Histogram::read(&after, name, &labels)
             .since(&Histogram::read(&before, name, &labels)),
     })
+}
+
+/// [`serial_creates`] with the operator's binding swapped for [`FLOOR_POLICY`]:
+/// the same pods, the same match condition, one variable added by one JSON patch.
+/// The operator's binding is put back (as the operator applies it) before it returns.
+async fn floor_serial(
+    client: &Client,
+    ns: &str,
+    deployment: &str,
+    creates: usize,
+) -> Result<Serial> {
+    let (inject, names) = ("tracing.caas.io/inject", "tracing.caas.io/env");
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": FLOOR_POLICY},
+        "spec": {
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+            }]},
+            "matchConditions": [{
+                "name": "carries-a-tracing-plan",
+                "expression": format!("has(object.metadata.annotations) && '{inject}' in object.metadata.annotations && '{names}' in object.metadata.annotations"),
+            }],
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": format!(
+                "has(object.spec.containers[0].env) ? \
+                 [JSONPatch{{op: 'add', path: '/spec/containers/0/env/-', value: Object.spec.containers.env{{name: '{FLOOR_VARIABLE}', value: object.metadata.annotations['{inject}']}}}}] : \
+                 [JSONPatch{{op: 'add', path: '/spec/containers/0/env', value: [Object.spec.containers.env{{name: '{FLOOR_VARIABLE}', value: object.metadata.annotations['{inject}']}}]}}]"
+            )}}],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": FLOOR_POLICY},
+        "spec": {"policyName": FLOOR_POLICY},
+    });
+    let manifest = |objects: &[&serde_json::Value]| -> Result<std::path::PathBuf> {
+        let path = support::repo()
+            .join("target")
+            .join("bench-admission")
+            .join("floor.json");
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        std::fs::write(&path, serde_json::to_vec(&list)?)?;
+        Ok(path)
+    };
+    kubectl(&[
+        "delete",
+        "mutatingadmissionpolicybinding",
+        ADMISSION_POLICY,
+        "--ignore-not-found",
+    ])?;
+    wait_admission(client, ns, false).await;
+    let floor = manifest(&[&policy, &binding])?;
+    kubectl(&["apply", "--server-side", "-f", &floor.to_string_lossy()])?;
+    let probe = support::injection::probe_pod(&[]);
+    wait(
+        Duration::from_secs(60),
+        "the floor policy is in force",
+        || {
+            let probe = probe.clone();
+            async move {
+                let pod = support::injection::admitted(client, ns, &probe).await;
+                Ok(pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| &s.containers)
+                    .flat_map(|c| c.env.iter().flatten())
+                    .any(|e| e.name == FLOOR_VARIABLE))
+            }
+        },
+    )
+    .await?;
+    let measured =
+        serial_creates(client, ns, deployment, Phase::Traced, creates, FLOOR_POLICY).await;
+
+    // Back to the operator's binding, exactly as the operator applies it.
+    kubectl(&[
+        "delete",
+        "-f",
+        &floor.to_string_lossy(),
+        "--ignore-not-found",
+    ])?;
+    let ours = manifest(&[
+        &tracing_operator::plan::injection::mutating_admission_policy_binding(OPERATOR_NAMESPACE),
+    ])?;
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        &format!("--field-manager={}", tracing_operator::api::FIELD_MANAGER),
+        "-f",
+        &ours.to_string_lossy(),
+    ])?;
+    wait_admission(client, ns, true).await;
+    measured
 }
 
 /// The latency of each pod CREATE in `ns` since `from` (stage `ResponseComplete`
@@ -809,6 +931,19 @@ fn print_phase(f: &Figures, round: usize) {
             histogram_text(&s.policy)
         );
     }
+    if let Some(s) = &f.floor {
+        println!(
+            "  floor, one variable by one JSON patch instead (n {} each, {}): with the plan p50 {} p99 {}; \
+             without p50 {} p99 {}; that policy's own mutation: {}",
+            s.planned.len(),
+            s.measured,
+            exact_quantile(&s.planned, 0.5).map_or("-".to_string(), ms),
+            exact_quantile(&s.planned, 0.99).map_or("-".to_string(), ms),
+            exact_quantile(&s.plain, 0.5).map_or("-".to_string(), ms),
+            exact_quantile(&s.plain, 0.99).map_or("-".to_string(), ms),
+            histogram_text(&s.policy)
+        );
+    }
 }
 
 fn summary(all: &[(usize, Figures)]) {
@@ -850,14 +985,15 @@ fn summary(all: &[(usize, Figures)]) {
                     _ => "- (not invoked)".to_string(),
                 }
             );
-            if let Some(s) = &f.serial {
+            for (what, serial) in [("", &f.serial), (" floor", &f.floor)] {
+                let Some(s) = serial else { continue };
                 let added =
                     |q: f64| match (exact_quantile(&s.planned, q), exact_quantile(&s.plain, q)) {
                         (Some(a), Some(b)) => ms(a - b),
                         _ => "-".to_string(),
                     };
                 println!(
-                    "  round {round} {:<8} one at a time: pod CREATE p50 {:>10}  p99 {:>10}  policy mean {}",
+                    "  round {round} {:<8} one at a time{what}: pod CREATE p50 {:>10}  p99 {:>10}  policy mean {}",
                     phase.name(),
                     added(0.5),
                     added(0.99),
