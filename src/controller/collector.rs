@@ -355,8 +355,8 @@ fn contains(desired: &Value, live: Option<&Value>, scope: Scope) -> bool {
     difference(desired, live, scope).is_none()
 }
 
-/// The path of the first field of `desired` that `live` does not hold (see
-/// [`contains`]), for the log line of an apply.
+/// The path of the first field of `desired` that `live` does not hold, by the
+/// same rules as `contains`, for the log line of an apply.
 pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
     difference(desired, Some(live), Scope::Plain)
 }

@@ -91,7 +91,7 @@ pub struct ContainerPlan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadPlan {
     pub service_name: String,
-    /// The variables each instrumented container gets, in order (see [`env`]).
+    /// The variables each instrumented container gets, in order (see [`env`](mod@env)).
     pub vars: Vec<PlannedVar>,
     /// Only the instrumented containers, in pod order.
     pub containers: Vec<ContainerPlan>,
