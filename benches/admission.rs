@@ -198,12 +198,7 @@ async fn run(o: &Options) -> Result<()> {
         for phase in [Phase::Unbound, Phase::Bound, Phase::Traced, Phase::Agents] {
             if phase == Phase::Unbound {
                 // The operator puts its binding in place when it starts: delete it now.
-                kubectl(&[
-                    "delete",
-                    "mutatingadmissionpolicybinding",
-                    ADMISSION_POLICY,
-                    "--ignore-not-found",
-                ])?;
+                delete_operator_binding()?;
             } else if phase == Phase::Bound {
                 drop(operator);
                 operator = start_operator(&dir, &format!("operator-{round}-bound")).await?;
@@ -735,12 +730,7 @@ async fn floor_serial(
         std::fs::write(&path, serde_json::to_vec(&list)?)?;
         Ok(path)
     };
-    kubectl(&[
-        "delete",
-        "mutatingadmissionpolicybinding",
-        ADMISSION_POLICY,
-        "--ignore-not-found",
-    ])?;
+    delete_operator_binding()?;
     wait_admission(client, ns, false).await;
     let floor = manifest(&[&policy, &binding])?;
     kubectl(&["apply", "--server-side", "-f", &floor.to_string_lossy()])?;
@@ -785,6 +775,16 @@ async fn floor_serial(
     ])?;
     wait_admission(client, ns, true).await;
     measured
+}
+
+fn delete_operator_binding() -> Result<()> {
+    kubectl(&[
+        "delete",
+        "mutatingadmissionpolicybinding",
+        ADMISSION_POLICY,
+        "--ignore-not-found",
+    ])
+    .map(drop)
 }
 
 /// The latency of each pod CREATE in `ns` since `from` (stage `ResponseComplete`
@@ -919,31 +919,29 @@ fn print_phase(f: &Figures, round: usize) {
         f.policy_errors
     );
     if let Some(s) = &f.serial {
-        println!(
-            "  one at a time (dryRun=All, n {} each, {}): with the plan p50 {} p99 {}; \
-             without p50 {} p99 {}; the policy's own mutation: {}",
-            s.planned.len(),
-            s.measured,
-            exact_quantile(&s.planned, 0.5).map_or("-".to_string(), ms),
-            exact_quantile(&s.planned, 0.99).map_or("-".to_string(), ms),
-            exact_quantile(&s.plain, 0.5).map_or("-".to_string(), ms),
-            exact_quantile(&s.plain, 0.99).map_or("-".to_string(), ms),
-            histogram_text(&s.policy)
-        );
+        print_serial("one at a time (dryRun=All", "the policy's own mutation", s);
     }
     if let Some(s) = &f.floor {
-        println!(
-            "  floor, one variable by one JSON patch instead (n {} each, {}): with the plan p50 {} p99 {}; \
-             without p50 {} p99 {}; that policy's own mutation: {}",
-            s.planned.len(),
-            s.measured,
-            exact_quantile(&s.planned, 0.5).map_or("-".to_string(), ms),
-            exact_quantile(&s.planned, 0.99).map_or("-".to_string(), ms),
-            exact_quantile(&s.plain, 0.5).map_or("-".to_string(), ms),
-            exact_quantile(&s.plain, 0.99).map_or("-".to_string(), ms),
-            histogram_text(&s.policy)
+        print_serial(
+            "floor, one variable by one JSON patch (one at a time",
+            "that policy's own mutation",
+            s,
         );
     }
+}
+
+fn print_serial(what: &str, own: &str, s: &Serial) {
+    let q = |v: &[f64], p: f64| exact_quantile(v, p).map_or("-".to_string(), ms);
+    println!(
+        "  {what}, n {} each, {}): with the plan p50 {} p99 {}; without p50 {} p99 {}; {own}: {}",
+        s.planned.len(),
+        s.measured,
+        q(&s.planned, 0.5),
+        q(&s.planned, 0.99),
+        q(&s.plain, 0.5),
+        q(&s.plain, 0.99),
+        histogram_text(&s.policy)
+    );
 }
 
 fn summary(all: &[(usize, Figures)]) {
