@@ -175,14 +175,7 @@ struct Serial {
 
 async fn run(o: &Options) -> Result<()> {
     let client = support::client().await;
-    let crd = support::repo().join("crds").join("tracingpolicy.yaml");
-    kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/tracingpolicies.tracing.caas.io",
-    ])?;
+    support::kubectl_apply_crd().map_err(anyhow::Error::msg)?;
     remove_leftovers(&client).await?;
     let dir = support::repo().join("target").join("bench-admission");
     std::fs::create_dir_all(&dir)?;

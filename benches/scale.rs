@@ -262,14 +262,7 @@ fn report(scenario: &str, result: Result<()>, cleaned: Result<()>) -> bool {
 
 /// The CRD, the operator's namespace, and nothing left from an earlier, interrupted run.
 async fn prepare(client: &Client) -> Result<()> {
-    let crd = support::repo().join("crds").join("tracingpolicy.yaml");
-    kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/tracingpolicies.tracing.caas.io",
-        "--timeout=60s",
-    ])?;
+    support::kubectl_apply_crd().map_err(anyhow::Error::msg)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(OPERATOR_NAMESPACE).await?.is_none() {
         namespaces

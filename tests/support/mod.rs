@@ -133,6 +133,37 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Applies the TracingPolicy CRD from `crds/` with kubectl and waits until it is
+/// Established. `kubectl wait --for=condition=...` fails at once while the new
+/// object has no conditions yet, so that case is retried.
+pub fn kubectl_apply_crd() -> Result<(), String> {
+    let crd = repo().join("crds").join("tracingpolicy.yaml");
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = kubectl().args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    run(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/tracingpolicies.tracing.caas.io",
+        ]) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.contains("accessor error") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(format!("the TracingPolicy CRD is not Established: {e}")),
+        }
+    }
+}
+
 /// Polls `probe` every 250 ms until it returns `Some`, or panics naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
