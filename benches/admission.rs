@@ -175,7 +175,7 @@ struct Serial {
 
 async fn run(o: &Options) -> Result<()> {
     let client = support::client().await;
-    support::kubectl_apply_crd().map_err(anyhow::Error::msg)?;
+    support::install_crd(&client).await;
     remove_leftovers(&client).await?;
     let dir = support::repo().join("target").join("bench-admission");
     std::fs::create_dir_all(&dir)?;

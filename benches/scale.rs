@@ -262,7 +262,7 @@ fn report(scenario: &str, result: Result<()>, cleaned: Result<()>) -> bool {
 
 /// The CRD, the operator's namespace, and nothing left from an earlier, interrupted run.
 async fn prepare(client: &Client) -> Result<()> {
-    support::kubectl_apply_crd().map_err(anyhow::Error::msg)?;
+    support::install_crd(client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(OPERATOR_NAMESPACE).await?.is_none() {
         namespaces

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EnvVar};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -102,60 +101,8 @@ pub fn shared_operator() -> &'static Operator {
     OPERATOR.get_or_init(Operator::start)
 }
 
-/// Installs (or updates) the TracingPolicy CRD and waits until it is served.
-pub async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = TracingPolicy::crd();
-    let name = crd.metadata.name.clone().expect("crd name");
-    crds.patch(
-        &name,
-        &PatchParams::apply("tracing-operator-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("CRD applies");
-    support::wait_until(
-        "the TracingPolicy CRD is established",
-        Duration::from_secs(60),
-        || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let crd = crds.get(&name).await.ok()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
-            }
-        },
-    )
-    .await;
-    // Discovery may lag Established by a moment.
-    wait_crd_served(client).await;
-}
-
-/// Waits until TracingPolicies can be listed (metadata only, so that a policy
-/// the typed API cannot read does not count against it).
-pub async fn wait_crd_served(client: &Client) {
-    let policies: Api<TracingPolicy> = Api::all(client.clone());
-    support::wait_until(
-        "TracingPolicies can be listed",
-        Duration::from_secs(60),
-        || {
-            let policies = policies.clone();
-            async move {
-                policies
-                    .list_metadata(&Default::default())
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
-}
+#[allow(unused_imports)] // not every test binary uses both
+pub use crate::support::{install_crd, wait_crd_served};
 
 /// A label that only this test's namespaces carry.
 ///

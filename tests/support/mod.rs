@@ -31,9 +31,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
+use tracing_operator::api::TracingPolicy;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -133,35 +136,59 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Applies the TracingPolicy CRD from `crds/` with kubectl and waits until it is
-/// Established. `kubectl wait --for=condition=...` fails at once while the new
-/// object has no conditions yet, so that case is retried.
-pub fn kubectl_apply_crd() -> Result<(), String> {
-    let crd = repo().join("crds").join("tracingpolicy.yaml");
-    let run = |args: &[&str]| -> Result<(), String> {
-        let out = kubectl().args(args).output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    };
-    run(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match run(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/tracingpolicies.tracing.caas.io",
-        ]) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.contains("accessor error") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(250));
+/// Installs (or updates) the TracingPolicy CRD and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = TracingPolicy::crd();
+    let name = crd.metadata.name.clone().expect("crd name");
+    crds.patch(
+        &name,
+        &PatchParams::apply("tracing-operator-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("CRD applies");
+    wait_until(
+        "the TracingPolicy CRD is established",
+        Duration::from_secs(60),
+        || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
             }
-            Err(e) => return Err(format!("the TracingPolicy CRD is not Established: {e}")),
-        }
-    }
+        },
+    )
+    .await;
+    // Discovery may lag Established by a moment.
+    wait_crd_served(client).await;
+}
+
+/// Waits until TracingPolicies can be listed (metadata only, so that a policy
+/// the typed API cannot read does not count against it).
+pub async fn wait_crd_served(client: &Client) {
+    let policies: Api<TracingPolicy> = Api::all(client.clone());
+    wait_until(
+        "TracingPolicies can be listed",
+        Duration::from_secs(60),
+        || {
+            let policies = policies.clone();
+            async move {
+                policies
+                    .list_metadata(&Default::default())
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
 }
 
 /// Polls `probe` every 250 ms until it returns `Some`, or panics naming `what`.
