@@ -11,10 +11,20 @@
 //! - `agents`: the same with the Node.js agent (`spec.instrumentation`): each pod
 //!   also gets the agent's volume, init container, mount and `NODE_OPTIONS`.
 //!
-//! The traced phase also measures a floor: the operator's binding is swapped
-//! for a minimal MutatingAdmissionPolicy with the same match condition that adds
-//! one variable with one JSON patch. What any mutating policy costs on this API
-//! server, so the operator's own share can be told from the machine's.
+//! Before its burst, each traced phase creates one Deployment's pod one at a
+//! time (`dryRun=All`, `--serial` of each kind, interleaved): with the plan where
+//! the policy applies, the very same pod in the operator's namespace (which the
+//! binding leaves out), and the pod without the operator's annotations. The
+//! first two differ only in the policy being bound: their difference is what
+//! admission adds to a pod CREATE. Two halves of the unbound creates show how
+//! far this machine's noise moves a p99 between two samples of the same create.
+//!
+//! The traced phase also measures two references, each bound in place of the
+//! operator's binding with the same match condition and namespaces: the floor,
+//! one variable added by one JSON patch (what any mutating policy costs on this
+//! API server), and the constants, the very entries the operator's policy adds
+//! to the pod, as constant JSON patches (what adding them costs without the
+//! operator's CEL). So the operator's own share can be told from the machine's.
 //!
 //! The figures are the API server's own, as deltas over each phase's pod
 //! creations: the MutatingAdmissionPolicy's metrics
@@ -41,7 +51,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{EnvVar, Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -146,27 +156,63 @@ struct Figures {
     policy: Histogram,
     policy_errors: f64,
     serial: Option<Serial>,
-    /// The same one-at-a-time creates under [`FLOOR_POLICY`] instead of the operator's.
-    floor: Option<Serial>,
+    /// The same one-at-a-time creates with a [`Reference`] policy in place of the operator's.
+    references: Vec<(Reference, Serial)>,
 }
 
-/// One at a time, before the phase's burst, with nothing else going on: the
-/// same pod (a phase Deployment's template) created with `dryRun=All` with and without the
-/// operator's annotations, alternately (`--serial` each). What one pod CREATE pays, without the
-/// contention of a 1,000-pod burst on a 2-core machine.
-/// The field managers naming [`Serial`]'s two kinds of create.
-const SERIAL_PLANNED: &str = "bench-serial-planned";
+// One at a time, before the phase's burst, with nothing else going on: three
+// kinds of `dryRun=All` create, interleaved (`--serial` each), what one pod
+// CREATE pays without the contention of a 1,000-pod burst on a 2-core machine.
+// Their field managers tell them apart in the audit log.
+
+/// The pod of a phase Deployment's template, with the operator's annotations, in
+/// the phase's namespace: the policy applies.
+const SERIAL_BOUND: &str = "bench-serial-bound";
+/// The very same pod in the operator's namespace, which the binding leaves out:
+/// the policy bound or not is the only difference from [`SERIAL_BOUND`].
+const SERIAL_UNBOUND: &str = "bench-serial-unbound";
+/// The pod without the operator's annotations, in the phase's namespace: against
+/// [`SERIAL_UNBOUND`], what the annotations themselves cost a CREATE.
 const SERIAL_PLAIN: &str = "bench-serial-plain";
 
-/// The floor: a policy and binding of this name, matching pods as the operator's
-/// does and adding [`FLOOR_VARIABLE`] to their first container.
-const FLOOR_POLICY: &str = "bench-floor.tracing.caas.io";
+/// Policies the traced phase measures in place of the operator's, bound to the
+/// same namespaces with the same match condition: what any MutatingAdmissionPolicy
+/// costs on this API server, to tell the operator's own share from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reference {
+    /// One variable ([`FLOOR_VARIABLE`]) added by one JSON patch.
+    Floor,
+    /// The entries the operator's policy adds to the phase's pod, as constant
+    /// JSON patches: adding them without the operator's CEL.
+    Constants,
+}
+
 const FLOOR_VARIABLE: &str = "BENCH_FLOOR";
 
+impl Reference {
+    fn policy(self) -> &'static str {
+        match self {
+            Reference::Floor => "bench-floor.tracing.caas.io",
+            Reference::Constants => "bench-constants.tracing.caas.io",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Reference::Floor => "floor, one variable by one JSON patch",
+            Reference::Constants => "constants, the same entries as constant JSON patches",
+        }
+    }
+}
+
 struct Serial {
-    /// Seconds per CREATE, sorted; `planned` carries the plan, `plain` does not.
-    planned: Vec<f64>,
+    /// Seconds per CREATE of each kind, sorted.
+    bound: Vec<f64>,
+    unbound: Vec<f64>,
     plain: Vec<f64>,
+    /// The unbound creates in request order, even and odd ones apart: two samples
+    /// of the same create, whose p99s differ by what this machine's noise moves a p99.
+    halves: (Vec<f64>, Vec<f64>),
     /// Where the latencies come from.
     measured: &'static str,
     /// The policy's own mutation over those creates.
@@ -177,6 +223,7 @@ async fn run(o: &Options) -> Result<()> {
     let client = support::client().await;
     support::install_crd(&client).await;
     remove_leftovers(&client).await?;
+    ensure_unbound_namespace(&client).await?;
     let dir = support::repo().join("target").join("bench-admission");
     std::fs::create_dir_all(&dir)?;
     let pods_total = o.deployments * usize::try_from(o.replicas)?;
@@ -250,6 +297,33 @@ async fn start_operator(dir: &std::path::Path, name: &str) -> Result<OperatorPro
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The operator's namespace, which its binding leaves out: where the one-at-a-time
+/// creates meet no policy. Pods need its `default` ServiceAccount.
+async fn ensure_unbound_namespace(client: &Client) -> Result<()> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    if namespaces.get_opt(OPERATOR_NAMESPACE).await?.is_none() {
+        let namespace: Namespace = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}),
+        )?;
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await?;
+    }
+    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        client.clone(),
+        OPERATOR_NAMESPACE,
+    );
+    wait(
+        Duration::from_secs(60),
+        "the operator namespace has its default ServiceAccount",
+        || {
+            let accounts = accounts.clone();
+            async move { Ok(accounts.get_opt("default").await?.is_some()) }
+        },
+    )
+    .await
 }
 
 /// Deletes what an interrupted run left: the policy (its finalizer dropped:
@@ -419,15 +493,26 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
     // Before the burst, while the phase's Deployments are at 0 replicas: a
     // quiet cluster, as most pod creations meet it.
     let serial = if phase.traced() {
-        Some(serial_creates(client, &ns, &names[0], phase, o.serial, ADMISSION_POLICY).await?)
+        let injected = |pod: &Pod| {
+            let spec = pod.spec.as_ref();
+            env_names(pod).iter().any(|n| n == "OTEL_SERVICE_NAME")
+                && (phase != Phase::Agents
+                    || spec
+                        .is_some_and(|s| s.init_containers.as_ref().is_some_and(|i| !i.is_empty())))
+        };
+        Some(serial_creates(client, &ns, &names[0], o.serial, ADMISSION_POLICY, injected).await?)
     } else {
         None
     };
-    let floor = if phase == Phase::Traced {
-        Some(floor_serial(client, &ns, &names[0], o.serial).await?)
-    } else {
-        None
-    };
+    let mut references = Vec::new();
+    if phase == Phase::Traced {
+        let constants = added_entries(client, &ns, &names[0]).await?;
+        for reference in [Reference::Floor, Reference::Constants] {
+            let measured =
+                reference_serial(client, &ns, &names[0], o.serial, reference, &constants).await?;
+            references.push((reference, measured));
+        }
+    }
 
     let before = scrape()?;
     let audit_from = Timestamp::now();
@@ -522,7 +607,7 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
         creates: counted("apiserver_request_total", &created_labels),
         seconds,
         request: delta("apiserver_request_duration_seconds", &request_labels),
-        audit: audit_latencies(&ns, audit_from, None)?,
+        audit: sorted(audit_latencies(&ns, audit_from, None)?),
         plugin: delta(
             "apiserver_admission_controller_admission_duration_seconds",
             &plugin_labels,
@@ -543,7 +628,7 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
             &[("policy", ADMISSION_POLICY), ("error_type", "no_error")],
         ),
         serial,
-        floor,
+        references,
     };
 
     // Tear down before the next phase opens its window.
@@ -569,14 +654,9 @@ async fn measure(client: &Client, o: &Options, round: usize, phase: Phase) -> Re
     Ok(figures)
 }
 
-async fn serial_creates(
-    client: &Client,
-    ns: &str,
-    deployment: &str,
-    phase: Phase,
-    creates: usize,
-    policy: &str,
-) -> Result<Serial> {
+/// The pod of `deployment`'s template with the operator's annotations, and the
+/// same pod without them.
+async fn serial_pods(client: &Client, ns: &str, deployment: &str) -> Result<(Pod, Pod)> {
     let template = Api::<Deployment>::namespaced(client.clone(), ns)
         .get(deployment)
         .await?
@@ -597,100 +677,163 @@ async fn serial_creates(
             .filter(|(k, _)| !k.contains("tracing.caas.io"))
             .collect()
     });
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    Ok((planned, plain))
+}
+
+fn env_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// See [`Serial`]. `injected` tells a pod the policy in force mutated.
+async fn serial_creates(
+    client: &Client,
+    ns: &str,
+    deployment: &str,
+    creates: usize,
+    policy: &str,
+    injected: impl Fn(&Pod) -> bool,
+) -> Result<Serial> {
+    let (planned, plain) = serial_pods(client, ns, deployment).await?;
+    let here = Api::<Pod>::namespaced(client.clone(), ns);
+    let unbound_ns = Api::<Pod>::namespaced(client.clone(), OPERATOR_NAMESPACE);
     // The field manager only names the request in the audit log (a dry-run
     // create stores nothing), so each kind's server-side latency can be told apart.
-    let params = |manager: &str| PostParams {
-        dry_run: true,
-        field_manager: Some(manager.to_string()),
-    };
-    let (with_plan, without_plan) = (params(SERIAL_PLANNED), params(SERIAL_PLAIN));
-    let create = |pod: &Pod, params: &PostParams| {
-        let (pods, pod, params) = (pods.clone(), pod.clone(), params.clone());
-        async move {
-            let t = Instant::now();
-            let created = pods.create(&params, &pod).await?;
-            Ok::<_, kube::Error>((t.elapsed().as_secs_f64(), created))
-        }
-    };
-    // Warm up, and check that the planned pod is what the phase measured.
-    for _ in 0..20 {
-        create(&plain, &without_plan).await?;
-        let (_, admitted) = create(&planned, &with_plan).await?;
-        let spec = admitted.spec.unwrap_or_default();
-        let variable = if policy == FLOOR_POLICY {
-            FLOOR_VARIABLE
-        } else {
-            "OTEL_SERVICE_NAME"
+    let kinds = [
+        (SERIAL_BOUND, &here, &planned),
+        (SERIAL_UNBOUND, &unbound_ns, &planned),
+        (SERIAL_PLAIN, &here, &plain),
+    ];
+    let create = |kind: usize| {
+        let (manager, pods, pod) = kinds[kind];
+        let params = PostParams {
+            dry_run: true,
+            field_manager: Some(manager.to_string()),
         };
-        ensure!(
-            spec.containers
-                .iter()
-                .flat_map(|c| c.env.iter().flatten())
-                .any(|e| e.name == variable)
-                && (phase != Phase::Agents || spec.init_containers.is_some_and(|i| !i.is_empty())),
-            "a dry-run pod with the plan was not injected by {policy}"
-        );
+        let (pods, pod) = (pods.clone(), pod.clone());
+        async move { pods.create(&params, &pod).await }
+    };
+    // Warm up, and check that only the bound kind is mutated.
+    for _ in 0..20 {
+        for (kind, (manager, _, _)) in kinds.iter().enumerate() {
+            let admitted = create(kind).await?;
+            let mutated =
+                injected(&admitted) || env_names(&admitted).len() > env_names(&planned).len();
+            ensure!(
+                mutated == (kind == 0),
+                "a dry-run {manager} pod was {}mutated under {policy}",
+                if mutated { "" } else { "not " }
+            );
+        }
     }
     let before = scrape()?;
     let from = Timestamp::now();
-    let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..creates {
-        // Alternating which goes first, so neither always follows the other.
-        let order = if i % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for carries_plan in order {
-            if carries_plan {
-                with.push(create(&planned, &with_plan).await?.0);
-            } else {
-                without.push(create(&plain, &without_plan).await?.0);
-            }
+        // Rotating which goes first, so none always follows another.
+        for k in 0..kinds.len() {
+            create((i + k) % kinds.len()).await?;
         }
     }
     let after = scrape()?;
     let labels = [("policy", policy)];
     let name = "apiserver_mutating_admission_policy_check_duration_seconds";
-    // The API server's own time where the testbed keeps an audit log (given a
-    // moment to reach the file); else
-    // the client's (a debug build's response parsing included).
+    // The API server's own time, from the testbed's audit log (given a moment to
+    // reach the file).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (planned, plain, measured) = match (
-        audit_latencies(ns, from, Some(SERIAL_PLANNED))?,
-        audit_latencies(ns, from, Some(SERIAL_PLAIN))?,
-    ) {
-        (a, b) if a.len() == creates && b.len() == creates => (a, b, "API server, audit log"),
-        _ => {
-            with.sort_by(f64::total_cmp);
-            without.sort_by(f64::total_cmp);
-            (with, without, "client-side")
-        }
-    };
+    let bound = audit_latencies(ns, from, Some(SERIAL_BOUND))?;
+    let unbound = audit_latencies(OPERATOR_NAMESPACE, from, Some(SERIAL_UNBOUND))?;
+    let plain = audit_latencies(ns, from, Some(SERIAL_PLAIN))?;
+    ensure!(
+        [&bound, &unbound, &plain]
+            .iter()
+            .all(|v| v.len() == creates),
+        "the audit log ({}) holds {} / {} / {} of the {creates} creates of each kind",
+        support::audit::log_path().display(),
+        bound.len(),
+        unbound.len(),
+        plain.len()
+    );
+    let halves = (
+        sorted(unbound.iter().step_by(2).copied().collect()),
+        sorted(unbound.iter().skip(1).step_by(2).copied().collect()),
+    );
     Ok(Serial {
-        planned,
-        plain,
-        measured,
+        bound: sorted(bound),
+        unbound: sorted(unbound),
+        plain: sorted(plain),
+        halves,
+        measured: "API server, audit log",
         policy: Histogram::read(&after, name, &labels)
             .since(&Histogram::read(&before, name, &labels)),
     })
 }
 
-/// [`serial_creates`] with the operator's binding swapped for [`FLOOR_POLICY`]:
-/// the same pods, the same match condition, one variable added by one JSON patch.
-/// The operator's binding is put back (as the operator applies it) before it returns.
-async fn floor_serial(
-    client: &Client,
-    ns: &str,
-    deployment: &str,
-    creates: usize,
-) -> Result<Serial> {
+/// The env entries the operator's policy adds to the phase's pod.
+async fn added_entries(client: &Client, ns: &str, deployment: &str) -> Result<Vec<EnvVar>> {
+    let (planned, _) = serial_pods(client, ns, deployment).await?;
+    let own = env_names(&planned);
+    let admitted = support::injection::admitted(client, ns, &planned).await;
+    let first = admitted
+        .spec
+        .and_then(|s| s.containers.into_iter().next())
+        .context("the admitted pod has no container")?;
+    let added: Vec<EnvVar> = first
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !own.contains(&e.name))
+        .collect();
+    ensure!(
+        !added.is_empty(),
+        "the operator's policy added nothing to {deployment}'s pod"
+    );
+    Ok(added)
+}
+
+/// A CEL string literal.
+fn cel_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// `reference`'s policy: the operator's match condition, and its mutation.
+fn reference_policy(reference: Reference, constants: &[EnvVar]) -> Result<serde_json::Value> {
     let (inject, names) = ("tracing.caas.io/inject", "tracing.caas.io/env");
-    let policy = json!({
+    let entries: Vec<String> = match reference {
+        Reference::Floor => vec![format!(
+            "Object.spec.containers.env{{name: '{FLOOR_VARIABLE}', value: object.metadata.annotations['{inject}']}}"
+        )],
+        Reference::Constants => constants
+            .iter()
+            .map(|e| {
+                let field = e.value_from.as_ref().and_then(|f| f.field_ref.as_ref());
+                match (field, &e.value) {
+                    (Some(f), _) => Ok(format!(
+                        "Object.spec.containers.env{{name: {}, valueFrom: Object.spec.containers.env.valueFrom{{fieldRef: Object.spec.containers.env.valueFrom.fieldRef{{fieldPath: {}}}}}}}",
+                        cel_string(&e.name),
+                        cel_string(&f.field_path)
+                    )),
+                    (None, Some(v)) => Ok(format!(
+                        "Object.spec.containers.env{{name: {}, value: {}}}",
+                        cel_string(&e.name),
+                        cel_string(v)
+                    )),
+                    (None, None) => bail!("added entry {} has neither a value nor a fieldRef", e.name),
+                }
+            })
+            .collect::<Result<_>>()?,
+    };
+    let appended: Vec<String> = entries
+        .iter()
+        .map(|e| format!("JSONPatch{{op: 'add', path: '/spec/containers/0/env/-', value: {e}}}"))
+        .collect();
+    Ok(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": FLOOR_POLICY},
+        "metadata": {"name": reference.policy()},
         "spec": {
             "matchConstraints": {"resourceRules": [{
                 "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
@@ -702,69 +845,100 @@ async fn floor_serial(
             "failurePolicy": "Ignore",
             "reinvocationPolicy": "Never",
             "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": format!(
-                "has(object.spec.containers[0].env) ? \
-                 [JSONPatch{{op: 'add', path: '/spec/containers/0/env/-', value: Object.spec.containers.env{{name: '{FLOOR_VARIABLE}', value: object.metadata.annotations['{inject}']}}}}] : \
-                 [JSONPatch{{op: 'add', path: '/spec/containers/0/env', value: [Object.spec.containers.env{{name: '{FLOOR_VARIABLE}', value: object.metadata.annotations['{inject}']}}]}}]"
+                "has(object.spec.containers[0].env) ? [{}] : [JSONPatch{{op: 'add', path: '/spec/containers/0/env', value: [{}]}}]",
+                appended.join(", "),
+                entries.join(", ")
             )}}],
         },
-    });
-    let binding = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingAdmissionPolicyBinding",
-        "metadata": {"name": FLOOR_POLICY},
-        "spec": {"policyName": FLOOR_POLICY},
-    });
+    }))
+}
+
+/// [`serial_creates`] with the operator's binding swapped for `reference`'s
+/// policy, bound to the same namespaces. The operator's binding is put back (as
+/// the operator applies it) before it returns.
+async fn reference_serial(
+    client: &Client,
+    ns: &str,
+    deployment: &str,
+    creates: usize,
+    reference: Reference,
+    constants: &[EnvVar],
+) -> Result<Serial> {
+    let policy = reference_policy(reference, constants)?;
+    let ours =
+        tracing_operator::plan::injection::mutating_admission_policy_binding(OPERATOR_NAMESPACE);
+    let mut binding = ours.clone();
+    binding["metadata"] = json!({"name": reference.policy()});
+    binding["spec"]["policyName"] = json!(reference.policy());
     let manifest = |objects: &[&serde_json::Value]| -> Result<std::path::PathBuf> {
         let path = support::repo()
             .join("target")
             .join("bench-admission")
-            .join("floor.json");
+            .join("reference.json");
         let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
         std::fs::write(&path, serde_json::to_vec(&list)?)?;
         Ok(path)
     };
+    // What shows the reference in force on a probe pod: its own variable for the
+    // floor; for the constants, the phase pod's service name where the probe's plan says `probe`.
+    let service = constants
+        .iter()
+        .find(|e| e.name == "OTEL_SERVICE_NAME")
+        .and_then(|e| e.value.clone());
+    let injected = move |pod: &Pod| {
+        pod.spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.env.iter().flatten())
+            .any(|e| match reference {
+                Reference::Floor => e.name == FLOOR_VARIABLE,
+                Reference::Constants => e.name == "OTEL_SERVICE_NAME" && e.value == service,
+            })
+    };
     delete_operator_binding()?;
     wait_admission(client, ns, false).await;
-    let floor = manifest(&[&policy, &binding])?;
-    kubectl(&["apply", "--server-side", "-f", &floor.to_string_lossy()])?;
+    let path = manifest(&[&policy, &binding])?;
+    kubectl(&["apply", "--server-side", "-f", &path.to_string_lossy()])?;
     let probe = support::injection::probe_pod(&[]);
     wait(
         Duration::from_secs(60),
-        "the floor policy is in force",
+        &format!("the {} policy is in force", reference.policy()),
         || {
             let probe = probe.clone();
+            let injected = injected.clone();
             async move {
-                let pod = support::injection::admitted(client, ns, &probe).await;
-                Ok(pod
-                    .spec
-                    .iter()
-                    .flat_map(|s| &s.containers)
-                    .flat_map(|c| c.env.iter().flatten())
-                    .any(|e| e.name == FLOOR_VARIABLE))
+                Ok(injected(
+                    &support::injection::admitted(client, ns, &probe).await,
+                ))
             }
         },
     )
     .await?;
-    let measured =
-        serial_creates(client, ns, deployment, Phase::Traced, creates, FLOOR_POLICY).await;
+    let measured = serial_creates(
+        client,
+        ns,
+        deployment,
+        creates,
+        reference.policy(),
+        injected,
+    )
+    .await;
 
     // Back to the operator's binding, exactly as the operator applies it.
     kubectl(&[
         "delete",
         "-f",
-        &floor.to_string_lossy(),
+        &path.to_string_lossy(),
         "--ignore-not-found",
     ])?;
-    let ours = manifest(&[
-        &tracing_operator::plan::injection::mutating_admission_policy_binding(OPERATOR_NAMESPACE),
-    ])?;
+    let path = manifest(&[&ours])?;
     kubectl(&[
         "apply",
         "--server-side",
         "--force-conflicts",
         &format!("--field-manager={}", tracing_operator::api::FIELD_MANAGER),
         "-f",
-        &ours.to_string_lossy(),
+        &path.to_string_lossy(),
     ])?;
     wait_admission(client, ns, true).await;
     measured
@@ -782,8 +956,8 @@ fn delete_operator_binding() -> Result<()> {
 
 /// The latency of each pod CREATE in `ns` since `from` (stage `ResponseComplete`
 /// minus `requestReceived`), in seconds, from the testbed's audit log (with
-/// `manager`, only the requests naming that field manager); empty when the
-/// cluster has no such log.
+/// `manager`, only the requests naming that field manager), in request order;
+/// empty when the cluster has no such log.
 fn audit_latencies(ns: &str, from: Timestamp, manager: Option<&str>) -> Result<Vec<f64>> {
     let path = support::audit::log_path();
     if !path.exists() {
@@ -832,11 +1006,17 @@ fn audit_latencies(ns: &str, from: Timestamp, manager: Option<&str>) -> Result<V
                 continue;
             }
             let took = done.duration_since(received);
-            out.push(took.as_secs_f64());
+            out.push((received, took.as_secs_f64()));
         }
     }
-    out.sort_by(f64::total_cmp);
-    Ok(out)
+    // In request order.
+    out.sort_by_key(|a| a.0);
+    Ok(out.into_iter().map(|(_, took)| took).collect())
+}
+
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    values
 }
 
 /// The `q` quantile of sorted `values` (nearest rank).
@@ -914,26 +1094,53 @@ fn print_phase(f: &Figures, round: usize) {
     if let Some(s) = &f.serial {
         print_serial("one at a time (dryRun=All", "the policy's own mutation", s);
     }
-    if let Some(s) = &f.floor {
+    for (reference, s) in &f.references {
         print_serial(
-            "floor, one variable by one JSON patch (one at a time",
+            &format!("{} (one at a time", reference.describe()),
             "that policy's own mutation",
             s,
         );
     }
 }
 
+/// `q` of each kind, and what lies between: the policy's (bound - unbound), the
+/// annotations' (unbound - plain), and two samples of one create (the halves).
+struct SerialDeltas {
+    policy: f64,
+    annotations: f64,
+    noise: f64,
+}
+
+fn deltas(s: &Serial, q: f64) -> Option<SerialDeltas> {
+    let at = |v: &[f64]| exact_quantile(v, q);
+    Some(SerialDeltas {
+        policy: at(&s.bound)? - at(&s.unbound)?,
+        annotations: at(&s.unbound)? - at(&s.plain)?,
+        noise: (at(&s.halves.0)? - at(&s.halves.1)?).abs(),
+    })
+}
+
+/// The share of `h`'s observations at or below `bound` (one of its bucket bounds).
+fn share_within(h: &Histogram, bound: f64) -> Option<f64> {
+    let (_, n) = h.buckets.iter().find(|(le, _)| *le == bound)?;
+    (h.count > 0.0).then(|| n / h.count)
+}
+
 fn print_serial(what: &str, own: &str, s: &Serial) {
     let q = |v: &[f64], p: f64| exact_quantile(v, p).map_or("-".to_string(), ms);
     println!(
-        "  {what}, n {} each, {}): with the plan p50 {} p99 {}; without p50 {} p99 {}; {own}: {}",
-        s.planned.len(),
+        "  {what}, n {} each, {}): bound p50 {} p99 {}; the same pod unbound p50 {} p99 {}; \
+         without the annotations p50 {} p99 {}; {own}: {}, within 1 ms {}",
+        s.bound.len(),
         s.measured,
-        q(&s.planned, 0.5),
-        q(&s.planned, 0.99),
+        q(&s.bound, 0.5),
+        q(&s.bound, 0.99),
+        q(&s.unbound, 0.5),
+        q(&s.unbound, 0.99),
         q(&s.plain, 0.5),
         q(&s.plain, 0.99),
-        histogram_text(&s.policy)
+        histogram_text(&s.policy),
+        share_within(&s.policy, 0.001).map_or("-".to_string(), |x| format!("{:.1} %", x * 100.0)),
     );
 }
 
@@ -976,18 +1183,25 @@ fn summary(all: &[(usize, Figures)]) {
                     _ => "- (not invoked)".to_string(),
                 }
             );
-            for (what, serial) in [("", &f.serial), (" floor", &f.floor)] {
-                let Some(s) = serial else { continue };
-                let added =
-                    |q: f64| match (exact_quantile(&s.planned, q), exact_quantile(&s.plain, q)) {
-                        (Some(a), Some(b)) => ms(a - b),
-                        _ => "-".to_string(),
-                    };
+            let serials = f
+                .serial
+                .iter()
+                .map(|s| ("", s))
+                .chain(f.references.iter().map(|(r, s)| (r.describe(), s)));
+            for (what, s) in serials {
+                let (Some(p50), Some(p99)) = (deltas(s, 0.5), deltas(s, 0.99)) else {
+                    continue;
+                };
+                let what = what.split(',').next().unwrap_or_default();
                 println!(
-                    "  round {round} {:<8} one at a time{what}: pod CREATE p50 {:>10}  p99 {:>10}  policy mean {}",
+                    "  round {round} {:<8} one at a time {what:<9}: added by the policy p50 {:>10}  p99 {:>10}  \
+                     | the annotations p50 {:>10}  p99 {:>10}  | p99 of two halves of one create apart by {:>10}  | policy mean {}",
                     phase.name(),
-                    added(0.5),
-                    added(0.99),
+                    ms(p50.policy),
+                    ms(p99.policy),
+                    ms(p50.annotations),
+                    ms(p99.annotations),
+                    ms(p99.noise),
                     s.policy.mean().map_or("-".to_string(), ms),
                 );
             }
