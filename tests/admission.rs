@@ -532,6 +532,8 @@ async fn server_side_apply_gitops_removes_and_renames_containers_of_an_instrumen
         assert_injected(pod, "sidecar", &[], "3.2.0");
     }
 
+    let before = wait_deployment(&client, &ns, "web", "rolled out", harness::rolled_out).await;
+    let revision_before = revision(&before);
     let without_sidecar = gitops_manifest(&ns, &[("app", "registry.local/web:1.0.0")]);
     let out = gitops_apply(&without_sidecar, "sidecar removed");
     assert!(
@@ -539,8 +541,24 @@ async fn server_side_apply_gitops_removes_and_renames_containers_of_an_instrumen
         "re-applying without the sidecar succeeds: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let d = wait_instrumented(&client, &ns, "web", "app").await;
+    // The removal rolls the workload once: the operator keeps `sidecar` listed
+    // (admission skips a listed container the pod lacks) rather than roll it again.
+    let seen = case.reconciles();
+    support::kubectl_ok(&["label", "namespace", &ns, "poke=1", "--overwrite"]);
+    support::wait_until(
+        "the operator reconciles after the removal",
+        Duration::from_secs(30),
+        || async { (case.reconciles() > seen).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = wait_instrumented(&client, &ns, "web", "app,sidecar").await;
     assert_eq!(container_names(&d), ["app"], "the sidecar is gone");
+    assert_eq!(
+        revision(&d),
+        revision_before + 1,
+        "one new template revision for one container removed"
+    );
     for pod in &current_pods(&client, &ns, "web").await {
         let names: Vec<&str> = pod
             .spec
@@ -1199,7 +1217,7 @@ async fn helm4_upgrade_drops_a_container_of_an_instrumented_release() {
     let out = helm(&["install", "shop", &chart_path, "-n", &ns, "--wait"]);
     assert!(out.status.success(), "helm4 install");
     case.policy("adm-helm4", json!({})).await;
-    wait_instrumented(&client, &ns, "shop", "app,sidecar").await;
+    let before = wait_instrumented(&client, &ns, "shop", "app,sidecar").await;
 
     let out = helm(&[
         "upgrade",
@@ -1216,8 +1234,14 @@ async fn helm4_upgrade_drops_a_container_of_an_instrumented_release() {
         "the upgrade that drops the sidecar succeeds: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let d = wait_instrumented(&client, &ns, "shop", "app").await;
+    // `sidecar` stays listed: dropping it would roll the release a second time.
+    let d = wait_instrumented(&client, &ns, "shop", "app,sidecar").await;
     assert_eq!(container_names(&d), ["app"], "one container left");
+    assert_eq!(
+        revision(&d),
+        revision(&before) + 1,
+        "one new template revision for the upgrade"
+    );
     for pod in &current_pods(&client, &ns, "shop").await {
         assert_injected(pod, "app", &[("LOG_LEVEL", "info")], "1.0.0");
     }

@@ -297,7 +297,9 @@ fn literal(name: &str, value: String) -> PlannedVar {
 /// Plans one workload: the variables every one of `containers` (the
 /// instrumented ones, in pod order) gets, what each container sets itself, and
 /// the config hash. `namespace` is the workload's namespace as the snapshot has
-/// it (for `attributesFromNamespaceLabels`).
+/// it (for `attributesFromNamespaceLabels`). At admission the containers may also
+/// name ones that left the template, where that spares a second rollout (see
+/// `still_listed`).
 pub fn plan_workload<'c>(
     policy: &PolicyView,
     operator_namespace: &str,
@@ -439,17 +441,32 @@ pub fn plan_workload<'c>(
     // itself, and the pod-template annotations do not depend on them: there,
     // what the user sets is no part of the operator's change, so a `kubectl set
     // env` must not give the workload a new hash (a rollout on top of the user's).
-    let config_hash = match injection {
-        Injection::PodTemplate => config_hash(&policy.name, &vars, &containers, &version),
+    let (containers, config_hash) = match injection {
+        Injection::PodTemplate => {
+            let hash = config_hash(&policy.name, &vars, &containers, &version);
+            (containers, hash)
+        }
         Injection::Admission => {
-            let names: Vec<ContainerPlan> = containers
-                .iter()
-                .map(|c| ContainerPlan {
-                    name: c.name.clone(),
-                    user_overrides: Vec::new(),
-                })
-                .collect();
-            config_hash(&policy.name, &vars, &names, &version)
+            let hash_of = |containers: &[ContainerPlan]| {
+                let names: Vec<ContainerPlan> = containers
+                    .iter()
+                    .map(|c| ContainerPlan {
+                        name: c.name.clone(),
+                        user_overrides: Vec::new(),
+                    })
+                    .collect();
+                config_hash(&policy.name, &vars, &names, &version)
+            };
+            let hash = hash_of(&containers);
+            // Kept only where it is what the workload carries: see `still_listed`.
+            match still_listed(workload, &containers, &hash)
+                .map(|listed| (hash_of(&listed), listed))
+            {
+                Some((kept, listed)) if Some(kept.as_str()) == live_hash(workload) => {
+                    (listed, kept)
+                }
+                _ => (containers, hash),
+            }
         }
     };
     WorkloadPlan {
@@ -460,6 +477,60 @@ pub fn plan_workload<'c>(
         agent: super::agents::AgentDecision::default(),
         config_hash,
     }
+}
+
+fn live_hash(workload: &Workload) -> Option<&str> {
+    workload
+        .annotations
+        .get(crate::api::CONFIG_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Admission injection: when a container the operator listed has left the
+/// template (a GitOps tool removed or renamed it), the user's change already
+/// rolls the workload. Dropping the name from `tracing.caas.io/inject` as well
+/// would roll it a second time at once, for pods that admission injects the
+/// same either way (it skips listed containers the pod lacks). So `planned`,
+/// with the names that left the template put back where the live list has
+/// them, when that is all that differs from the live list and `planned` is not
+/// already what the workload carries. The caller keeps it only if its hash is
+/// the live one: any other change rolls the workload anyway, and drops them.
+fn still_listed(
+    workload: &Workload,
+    planned: &[ContainerPlan],
+    hash: &str,
+) -> Option<Vec<ContainerPlan>> {
+    let listed = workload.template.listed.as_deref()?;
+    if live_hash(workload) == Some(hash) {
+        return None;
+    }
+    let in_template = |name: &str| {
+        workload
+            .template
+            .containers
+            .iter()
+            .any(|c| &*c.name == name)
+    };
+    let present: Vec<&str> = listed.split(',').filter(|n| in_template(n)).collect();
+    let planned_names: Vec<&str> = planned.iter().map(|c| c.name.as_str()).collect();
+    if present != planned_names || present.len() == listed.split(',').count() {
+        return None;
+    }
+    Some(
+        listed
+            .split(',')
+            .map(|name| {
+                planned
+                    .iter()
+                    .find(|c| c.name == name)
+                    .cloned()
+                    .unwrap_or_else(|| ContainerPlan {
+                        name: name.to_string(),
+                        user_overrides: Vec::new(),
+                    })
+            })
+            .collect(),
+    )
 }
 
 /// 16 hex digits of a sha256 over a length-prefixed serialization of the policy

@@ -889,12 +889,16 @@ fn attribute_source(
 
 fn describe_plan(e: &mut Explanation, input: &Input<'_>, p: &PolicyView, plan: &WorkloadPlan) {
     let w = input.workload;
-    e.containers = plan.containers.iter().map(|c| c.name.clone()).collect();
-    e.agent = describe_agent(input, plan);
-    let first = plan
+    // A listed container may have left the template (see `env::plan_workload`):
+    // only those the pods have are described.
+    let present: Vec<&Container> = plan
         .containers
-        .first()
-        .and_then(|cp| w.template.containers.iter().find(|c| *c.name == cp.name));
+        .iter()
+        .filter_map(|cp| w.template.containers.iter().find(|c| *c.name == cp.name))
+        .collect();
+    e.containers = present.iter().map(|c| c.name.to_string()).collect();
+    e.agent = describe_agent(input, plan);
+    let first = present.first().copied();
     let version = first.and_then(|c| container_version(plan, input.injection, w, c));
     let version_value = version.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
     let container_name = first.map(|c| c.name.to_string()).unwrap_or_default();

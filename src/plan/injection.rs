@@ -7,7 +7,7 @@
 //!
 //! | annotation | value |
 //! |---|---|
-//! | `tracing.caas.io/inject` | the containers to instrument, comma-separated |
+//! | `tracing.caas.io/inject` | the containers to instrument, comma-separated (may name one that left the template: see [`super::env::plan_workload`]) |
 //! | `tracing.caas.io/env` | the variable names, comma-separated, in order |
 //! | `env.tracing.caas.io/<NAME>` | each variable's value (not for the two downward-API helpers) |
 //! | `tracing.caas.io/version` | the workload's `app.kubernetes.io/version` when the template has none |

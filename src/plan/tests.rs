@@ -1630,3 +1630,79 @@ fn the_index_counts_only_changes_the_rollout_reads() {
     let untouched = index.update(&planner, basis, [(id, Some(Arc::new(unrelated)))], Vec::new);
     assert_eq!(untouched.moved, 0);
 }
+
+/// A GitOps tool removing an instrumented container already rolls the workload:
+/// at admission the operator keeps the gone name listed rather than roll it a
+/// second time, as long as nothing else changed; a rename, or any other change
+/// of the plan, gives the fresh list.
+#[test]
+fn a_removed_container_stays_listed_rather_than_roll_the_workload_twice() {
+    let p = caas_production();
+    let decide = |w: &Workload| {
+        let shared = [Arc::new(w.clone())];
+        let snapshot = Snapshot {
+            operator_namespace: OPERATOR_NS,
+            namespaces: &caas_namespaces(),
+            workloads: &shared,
+            policies: std::slice::from_ref(&p),
+            injection: Injection::Admission,
+        };
+        match plan_policy(&p, &snapshot)
+            .unwrap()
+            .workloads
+            .remove(0)
+            .action
+        {
+            WorkloadAction::Apply(wp) => wp,
+            other => panic!("expected an Apply, got {other:?}"),
+        }
+    };
+    // What the operator's apply left on the live workload for `plan`.
+    let carrying = |mut w: Workload, plan: &WorkloadPlan| {
+        let annotations = injection::template_annotations(plan);
+        w.template.ours = crate::workload::annotations_digest(
+            annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        w.template.listed = annotations
+            .get(crate::api::INJECT_ANNOTATION)
+            .map(|v| v.as_str().into());
+        w.annotations
+            .insert(POLICY_ANNOTATION.into(), p.name.clone());
+        w.annotations
+            .insert(CONFIG_HASH_ANNOTATION.into(), plan.config_hash.clone());
+        w
+    };
+    let names = |plan: &WorkloadPlan| -> Vec<String> {
+        plan.containers.iter().map(|c| c.name.clone()).collect()
+    };
+    let first = decide(&gateway());
+    assert_eq!(names(&first), ["app", "worker"]);
+    let live = carrying(gateway(), &first);
+    assert!(is_applied(Injection::Admission, &p.name, &first, &live));
+
+    // `worker` removed: the same plan, nothing to write.
+    let mut removed = live.clone();
+    removed.template.containers.retain(|c| &*c.name != "worker");
+    let kept = decide(&removed);
+    assert_eq!(names(&kept), ["app", "worker"]);
+    assert_eq!(kept.config_hash, first.config_hash);
+    assert!(is_applied(Injection::Admission, &p.name, &kept, &removed));
+
+    // `worker` renamed: the new name must be listed, so the list is fresh.
+    let mut renamed = removed.clone();
+    renamed
+        .template
+        .containers
+        .push(container("jobs", "ghcr.io/caas/gateway-worker:2.4.1"));
+    assert_eq!(names(&decide(&renamed)), ["app", "jobs"]);
+
+    // Any other change of the plan rolls the workload anyway: the gone name goes.
+    let mut relabeled = removed.clone();
+    relabeled
+        .template
+        .labels
+        .insert("app.kubernetes.io/name".into(), "edge".into());
+    let fresh = decide(&relabeled);
+    assert_eq!(names(&fresh), ["app"]);
+    assert_ne!(fresh.config_hash, first.config_hash);
+}

@@ -219,6 +219,9 @@ pub struct Template {
     /// `env.tracing.caas.io/*`), 0 when there are none: admission injection
     /// compares it with the plan's without keeping every value.
     pub ours: u64,
+    /// The operator's live `tracing.caas.io/inject` value: the containers it
+    /// last listed (see [`crate::plan::env::plan_workload`]).
+    pub listed: Option<Box<str>>,
     /// `containers`, in pod order (init containers are never instrumented).
     pub containers: Vec<Container>,
 }
@@ -484,6 +487,12 @@ fn project<K: Kind>(wire: Wire<K>) -> Workload {
                 .map(|(k, v)| (k, v.clone()))
                 .collect(),
             ours: t.metadata.annotations.ours,
+            listed: t
+                .metadata
+                .annotations
+                .kept
+                .get(crate::api::INJECT_ANNOTATION)
+                .map(|v| v.as_str().into()),
             containers,
         }
     });
