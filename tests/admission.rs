@@ -128,6 +128,21 @@ impl Case {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     }
+
+    /// Makes the operator reconcile every policy (a namespace label change does)
+    /// and waits until it has, plus a moment for what it would write: `after`
+    /// names the change it looked at.
+    async fn wait_reconciled(&self, ns: &str, after: &str) {
+        let seen = self.reconciles();
+        support::kubectl_ok(&["label", "namespace", ns, "poke=1", "--overwrite"]);
+        support::wait_until(
+            &format!("the operator reconciles after {after}"),
+            Duration::from_secs(30),
+            || async { (self.reconciles() > seen).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Runs `cmd` (shown as `$ shown`, with `stdin` piped in when given), prints the
@@ -543,15 +558,7 @@ async fn server_side_apply_gitops_removes_and_renames_containers_of_an_instrumen
     );
     // The removal rolls the workload once: the operator keeps `sidecar` listed
     // (admission skips a listed container the pod lacks) rather than roll it again.
-    let seen = case.reconciles();
-    support::kubectl_ok(&["label", "namespace", &ns, "poke=1", "--overwrite"]);
-    support::wait_until(
-        "the operator reconciles after the removal",
-        Duration::from_secs(30),
-        || async { (case.reconciles() > seen).then_some(()) },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    case.wait_reconciled(&ns, "the removal").await;
     let d = wait_instrumented(&client, &ns, "web", "app,sidecar").await;
     assert_eq!(container_names(&d), ["app"], "the sidecar is gone");
     assert_eq!(
@@ -655,15 +662,7 @@ async fn an_image_bump_rolls_out_once_and_the_new_pods_report_the_new_version() 
     .await;
     // The operator has looked at the bumped workload (a namespace change makes
     // it reconcile every policy) and left it as it is.
-    let seen = case.reconciles();
-    support::kubectl_ok(&["label", "namespace", &ns, "poke=1", "--overwrite"]);
-    support::wait_until(
-        "the operator reconciles after the bump",
-        Duration::from_secs(30),
-        || async { (case.reconciles() > seen).then_some(()) },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    case.wait_reconciled(&ns, "the bump").await;
     wait_policy(&client, &policy, "Ready", |p| {
         condition(p, "Ready").as_deref() == Some("True")
     })

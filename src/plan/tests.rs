@@ -1540,31 +1540,34 @@ fn config_hash_is_stable_and_covers_policy_and_values() {
     assert_ne!(first.config_hash, other.config_hash);
 
     // At admission it changes nothing the operator writes: nor the hash.
-    let admission = |w: &Workload| {
-        let shared = [Arc::new(w.clone())];
-        let snapshot = Snapshot {
-            operator_namespace: OPERATOR_NS,
-            namespaces: &caas_namespaces(),
-            workloads: &shared,
-            policies: std::slice::from_ref(&p),
-            injection: Injection::Admission,
-        };
-        let plan = plan_policy(&p, &snapshot).unwrap();
-        plan.workloads
-            .iter()
-            .find_map(|d| match &d.action {
-                WorkloadAction::Apply(wp) => Some(wp.clone()),
-                _ => None,
-            })
-            .expect("an Apply")
-    };
-    let (plain, overridden) = (admission(&gateway()), admission(&gw));
+    let (plain, overridden) = (admission_plan(&p, &gateway()), admission_plan(&p, &gw));
     assert_eq!(plain.config_hash, overridden.config_hash);
     assert_eq!(
         overridden.containers[0].user_overrides,
         ["SERVICE_NAME"],
         "still reported"
     );
+}
+
+/// The plan `p` gives `w`, alone in the caas namespaces, under admission injection.
+fn admission_plan(p: &PolicyView, w: &Workload) -> WorkloadPlan {
+    let shared = [Arc::new(w.clone())];
+    let snapshot = Snapshot {
+        operator_namespace: OPERATOR_NS,
+        namespaces: &caas_namespaces(),
+        workloads: &shared,
+        policies: std::slice::from_ref(p),
+        injection: Injection::Admission,
+    };
+    plan_policy(p, &snapshot)
+        .unwrap()
+        .workloads
+        .iter()
+        .find_map(|d| match &d.action {
+            WorkloadAction::Apply(wp) => Some(wp.clone()),
+            _ => None,
+        })
+        .expect("an Apply")
 }
 
 const PINNED_SMALL_HASH: &str = "84727333f39437fc";
@@ -1638,25 +1641,7 @@ fn the_index_counts_only_changes_the_rollout_reads() {
 #[test]
 fn a_removed_container_stays_listed_rather_than_roll_the_workload_twice() {
     let p = caas_production();
-    let decide = |w: &Workload| {
-        let shared = [Arc::new(w.clone())];
-        let snapshot = Snapshot {
-            operator_namespace: OPERATOR_NS,
-            namespaces: &caas_namespaces(),
-            workloads: &shared,
-            policies: std::slice::from_ref(&p),
-            injection: Injection::Admission,
-        };
-        match plan_policy(&p, &snapshot)
-            .unwrap()
-            .workloads
-            .remove(0)
-            .action
-        {
-            WorkloadAction::Apply(wp) => wp,
-            other => panic!("expected an Apply, got {other:?}"),
-        }
-    };
+    let decide = |w: &Workload| admission_plan(&p, w);
     // What the operator's apply left on the live workload for `plan`.
     let carrying = |mut w: Workload, plan: &WorkloadPlan| {
         let annotations = injection::template_annotations(plan);
